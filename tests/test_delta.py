@@ -46,7 +46,7 @@ def test_forward_and_gradients_match_dense_reference(grad_mode, dtype, tol):
 
 def test_sampled_handles_unsorted_duplicate_indices():
     """Several adapters concatenated: unsorted, possibly repeated positions."""
-    weight, bias, delta, x, gy = _case(torch.float32)
+    weight, _bias, delta, x, gy = _case(torch.float32)
     idx = torch.cat([delta.indices.long(), delta.indices.long()[:10].flip(0)])
     values = torch.randn(idx.numel(), requires_grad=True)
     y = sparse_linear(x, values, idx, lambda d: weight.to(d, copy=True), None, "sampled")

@@ -36,7 +36,7 @@ def test_estimator_candidates_and_means_equal_hand_computation():
     step_grads = [dense[0] + dense[1], dense[2] + dense[3]]
     mean_g = (step_grads[0] + step_grads[1])[expected_candidates] / 2
     mean_g2 = (step_grads[0] ** 2 + step_grads[1] ** 2)[expected_candidates] / 2
-    cands, got_g, got_g2 = est.means()
+    _cands, got_g, got_g2 = est.means()
     assert torch.allclose(got_g, mean_g, atol=1e-5)
     assert torch.allclose(got_g2, mean_g2, atol=1e-4)
 
@@ -116,7 +116,7 @@ def test_many_rounds_keep_invariants():
             idx = d.indices.long()
             assert idx.numel() == 30
             assert torch.unique(idx).numel() == 30 and bool((idx[1:] > idx[:-1]).all())
-            assert 0 <= int(idx.min()) and int(idx.max()) < shape[0] * shape[1]
+            assert int(idx.min()) >= 0 and int(idx.max()) < shape[0] * shape[1]
             gone = result.dropped[~torch.isin(result.dropped, idx)]
             assert gone.numel() == result.dropped.numel()
             assert bool((d.to_dense().view(-1)[gone] == 0).all())  # dropped = back at the base weight

@@ -44,7 +44,8 @@ class SpielConfig:
     def __post_init__(self) -> None:
         budgets = [k for k in ("density", "num_deltas", "lora_rank") if getattr(self, k) is not None]
         if len(budgets) != 1:
-            raise ValueError(f"SpielConfig needs exactly one of density, num_deltas, lora_rank; got {budgets or 'none'}")
+            raise ValueError("SpielConfig needs exactly one of density, num_deltas, lora_rank; "
+                             f"got {budgets or 'none'}")
         if self.density is not None and not 0.0 < self.density <= 1.0:
             raise ValueError(f"SpielConfig.density must be in (0, 1], got {self.density}")
         for key in ("num_deltas", "lora_rank"):

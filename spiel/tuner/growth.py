@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .delta import SparseDelta, WeightGrad
-from .optim import SparseAdamW, SparseSM3, _SparseOptimizer
+from .optim import SparseAdamW, SparseSM3, _SparseOptimizer, bias_correction
 
 
 def drop_positions(values: Tensor, n: int) -> Tensor:
@@ -106,7 +106,8 @@ def grow_ag(delta: SparseDelta, optimizer: SparseAdamW, estimator: GradientEstim
     drop = drop[~is_in[outgoing]][: incoming.numel()]
     beta1, beta2 = optimizer.param_groups[0]["betas"]
     age = torch.full_like(mean_g, float(estimator.steps))
-    seeds = dict(exp_avg=mean_g * (1 - beta1**age), exp_avg_sq=mean_g2 * (1 - beta2**age), age=age)
+    seeds = dict(exp_avg=mean_g * bias_correction(beta1, age), exp_avg_sq=mean_g2 * bias_correction(beta2, age),
+                 age=age)
     return replace(delta, optimizer, drop, incoming, step, seeds)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .delta import GradientObserver, SparseDelta, sparse_linear
+from .delta import GradientObserver, sparse_linear
 
 
 def is_4bit(layer: nn.Module) -> bool:

@@ -12,6 +12,7 @@ Both apply decoupled weight decay φ ← φ − lr·λ·φ with the scheduled le
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -78,8 +79,8 @@ class SparseAdamW(_SparseOptimizer):
                 age += 1
                 m.mul_(beta1).add_(g, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat = m / (1 - beta1**age)
-                v_hat = v / (1 - beta2**age)
+                m_hat = m / bias_correction(beta1, age)
+                v_hat = v / bias_correction(beta2, age)
                 value = p.float()
                 value.mul_(1 - lr * wd).sub_(lr * m_hat / (v_hat.sqrt() + eps))
                 p.copy_(value)
@@ -125,6 +126,11 @@ class SparseSM3(_SparseOptimizer):
                 value.mul_(1 - lr * wd).sub_(lr * g / (u + eps).sqrt())
                 p.copy_(value)
         return loss
+
+
+def bias_correction(beta: float, age: Tensor) -> Tensor:
+    """1 − βᵃᵍᵉ per entry, as −expm1(age · ln β) to stay exact in fp32 for β close to 1."""
+    return -torch.expm1(age * math.log(beta))
 
 
 def _rows_cols(delta: SparseDelta) -> tuple[Tensor, Tensor]:
