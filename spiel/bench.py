@@ -1,0 +1,201 @@
+"""Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG, SpIEL-MA; ∂L/∂φ dense vs sampled.
+
+``python -m spiel.bench`` trains a small random-initialised Llama (the training loop stripped for
+timing), every method at the same LoRA-rank-equivalent budget and each in its own process, then
+times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). It prints a table and ends with ratio lines
+measured in this one run. Numbers are machine-dependent; quote medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+METHODS = ("full", "lora", "spiel-ag", "spiel-ma")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build_model(args: argparse.Namespace):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.heads, max_position_embeddings=args.seq_len)
+    return LlamaForCausalLM(config).to(args.device, dtype=getattr(torch, args.dtype))
+
+
+def prepare(method: str, model, args: argparse.Namespace):
+    """(model, optimizer, after_step hook) for one method."""
+    from spiel import Reselector, SpielConfig, get_spiel_model, make_optimizer
+
+    if method == "full":
+        return model, torch.optim.AdamW(model.parameters(), lr=2e-5), lambda: None
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=args.rank, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS)
+        peft_model = get_peft_model(model, config)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        return peft_model, torch.optim.AdamW(params, lr=1e-4), lambda: None
+    growth = method.split("-")[1]
+    config = SpielConfig(lora_rank=args.rank, growth=growth, grad_mode=args.grad_mode)
+    spiel_model = get_spiel_model(model, config)
+    optimizer = make_optimizer(spiel_model, lr=1e-4 if growth == "ag" else 1e-3)
+    selector = Reselector(spiel_model, optimizer, total_steps=args.steps)
+    return spiel_model, optimizer, selector
+
+
+def peak_memory_mb(device: str, baseline_kb: int) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+
+
+def run_method(method: str, args: argparse.Namespace) -> dict:
+    """Train ``args.steps`` steps; per-step wall time and the time spent in drop-and-grow."""
+    torch.set_num_threads(args.threads)
+    model = build_model(args)
+    model, optimizer, after_step = prepare(method, model, args)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g).to(args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step_times, select_times = [], []
+    phase_steps = set()
+    for step in range(args.steps):
+        start = time.perf_counter()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        in_phase = bool(getattr(after_step, "estimators", None))
+        selected = time.perf_counter()
+        after_step() if callable(after_step) else after_step.step()
+        _sync(args.device)
+        end = time.perf_counter()
+        step_times.append(end - start)
+        select_times.append(end - selected)
+        if in_phase:
+            phase_steps.add(step)
+    plain = [t for i, t in enumerate(step_times) if i not in phase_steps and i >= args.warmup]
+    median = statistics.median(plain or step_times[args.warmup:])
+    phase_extra = sum(step_times[i] - median for i in phase_steps)
+    return {
+        "method": method,
+        "median_step_s": median,
+        "peak_mem_mb": peak_memory_mb(args.device, baseline_kb),
+        "select_s": sum(select_times),
+        "phase_extra_s": max(phase_extra, 0.0),
+        "total_s": sum(step_times),
+        "final_loss": loss.item(),
+    }
+
+
+def time_grad_phi(args: argparse.Namespace) -> list[dict]:
+    """Median time of ∂L/∂φ for one MLP-shaped layer: dense gather (Eq. 6) vs sampled (Eq. 16)."""
+    from spiel.tuner.delta import WeightGrad
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    tokens = args.batch * args.seq_len
+    shape = (args.intermediate, args.hidden)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, shape[1], generator=g).to(args.device, dtype)
+    gy = torch.randn(tokens, shape[0], generator=g).to(args.device, dtype)
+    rows = []
+    for density in (0.003, 0.01, 0.023):
+        count = int(density * shape[0] * shape[1])
+        idx = torch.randperm(shape[0] * shape[1], generator=g)[:count].sort().values.to(args.device)
+        timings = {}
+        for mode in ("dense", "sampled"):
+            samples = []
+            for _ in range(args.reps):
+                _sync(args.device)
+                start = time.perf_counter()
+                WeightGrad(x, gy, shape).at(idx, sampled=mode == "sampled")
+                _sync(args.device)
+                samples.append(time.perf_counter() - start)
+            timings[mode] = statistics.median(samples[1:])
+        rows.append({"density": density, "dense_ms": timings["dense"] * 1e3, "sampled_ms": timings["sampled"] * 1e3})
+    return rows
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m spiel.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--method", choices=METHODS, help="run one method in this process and print JSON (internal)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--intermediate", type=int, default=1408)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--rank", type=int, default=8,
+                   help="LoRA rank; SpIEL gets the equivalent budget (8 ≈ 2.4 %% density here, like r = 64 on 7b)")
+    p.add_argument("--steps", type=int, default=45, help="steps per method (S = 20, γ = 5: updates at 5, 25, 45)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=11, help="repetitions of each ∂L/∂φ timing")
+    p.add_argument("--grad-mode", choices=("dense", "sampled"), default="dense", help="SpIEL's ∂L/∂φ in training")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.method:
+        print(json.dumps(run_method(args.method, args)))
+        return
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results = {}
+    for method in METHODS:
+        proc = subprocess.run([sys.executable, "-m", "spiel.bench", "--method", method, *forwarded],
+                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if proc.returncode != 0:
+            sys.exit(f"benchmark of {method} failed:\n{proc.stderr[-2000:]}")
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    mem_label = "peak GPU alloc MiB" if args.device.startswith("cuda") else "peak RSS growth MiB"
+    print(f"device={args.device} dtype={args.dtype} model=llama(h={args.hidden}, ffn={args.intermediate}, "
+          f"L={args.layers}, V={args.vocab}) batch={args.batch}x{args.seq_len} rank={args.rank} "
+          f"grad_mode={args.grad_mode} steps={args.steps} threads={args.threads}")
+    print(f"{'method':10s} {'median step s':>14s} {mem_label:>20s} {'drop/grow %':>12s}")
+    for method, r in results.items():
+        bookkeeping = 100 * (r["select_s"] + r["phase_extra_s"]) / r["total_s"]
+        print(f"{method:10s} {r['median_step_s']:14.4f} {r['peak_mem_mb']:20.1f} {bookkeeping:12.2f}")
+    print(f"\n{'density':>8s} {'dense ms':>10s} {'sampled ms':>11s} {'sampled/dense':>14s}")
+    grads = time_grad_phi(args)
+    for row in grads:
+        print(f"{row['density']:8.3%} {row['dense_ms']:10.3f} {row['sampled_ms']:11.3f} "
+              f"{row['sampled_ms'] / row['dense_ms']:14.3f}")
+    lora = results["lora"]
+    print()
+    for method in ("spiel-ag", "spiel-ma"):
+        r = results[method]
+        print(f"ratio {method}/lora step_time={r['median_step_s'] / lora['median_step_s']:.3f} "
+              f"peak_mem={r['peak_mem_mb'] / lora['peak_mem_mb']:.3f}")
+    at_1 = next(row for row in grads if row["density"] == 0.01)
+    print(f"ratio sampled/dense grad_phi@1%={at_1['sampled_ms'] / at_1['dense_ms']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
