@@ -107,6 +107,7 @@ class WeightGrad:
     def __init__(self, x2d: Tensor, gy2d: Tensor, shape: tuple[int, int]) -> None:
         self.x2d, self.gy2d, self.shape = x2d, gy2d, shape
         self._dense: Tensor | None = None
+        self._operands: tuple[Tensor, Tensor] | None = None
 
     def dense(self) -> Tensor:
         if self._dense is None:
@@ -116,13 +117,21 @@ class WeightGrad:
     def at(self, indices: Tensor, sampled: bool = True) -> Tensor:
         if self._dense is not None or not sampled:
             return self.dense()[indices.long()]
-        return sampled_grad(self.x2d, self.gy2d, indices, self.shape)
+        if self._operands is None:  # shared by every sampled product of this backward pass
+            self._operands = sampled_operands(self.x2d, self.gy2d)
+        return sampled_grad(*self._operands, indices, self.shape)
 
 
-def sampled_grad(x2d: Tensor, gy2d: Tensor, indices: Tensor, shape: tuple[int, int]) -> Tensor:
-    """g_i = X[:, c_i] · ∂L/∂Y[:, r_i] at sorted flat positions r_i·in + c_i (App. E, Eq. 16).
+def sampled_operands(x2d: Tensor, gy2d: Tensor) -> tuple[Tensor, Tensor]:
+    """(X, ∂L/∂Yᵀ) laid out for ``sampled_addmm``: contiguous, fp32 where the kernel lacks bf16 (CPU)."""
+    dtype = x2d.dtype if x2d.is_cuda else torch.float32
+    return x2d.to(dtype), gy2d.t().to(dtype).contiguous()
 
-    CPU ``sampled_addmm`` has no bf16 kernel, so half-precision operands are upcast to fp32.
+
+def sampled_grad(x2d: Tensor, gy_t: Tensor, indices: Tensor, shape: tuple[int, int]) -> Tensor:
+    """g_i = X[:, c_i] · ∂L/∂Yᵀ[r_i, :] at flat positions r_i·in + c_i (App. E, Eq. 16).
+
+    Operands come from :func:`sampled_operands`; unsorted or repeated positions are allowed.
     """
     out_f, in_f = shape
     if indices.numel() == 0:
@@ -135,10 +144,9 @@ def sampled_grad(x2d: Tensor, gy2d: Tensor, indices: Tensor, shape: tuple[int, i
     rows, cols = idx // in_f, idx % in_f
     crow = torch.zeros(out_f + 1, dtype=torch.int64, device=idx.device)
     crow[1:] = torch.bincount(rows, minlength=out_f).cumsum(0)
-    dtype = x2d.dtype if x2d.is_cuda else torch.float32
-    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(idx.numel(), dtype=dtype, device=idx.device),
+    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(idx.numel(), dtype=x2d.dtype, device=idx.device),
                                       size=shape, check_invariants=False)
-    prod = torch.sparse.sampled_addmm(pattern, gy2d.t().to(dtype), x2d.to(dtype), beta=0.0)
+    prod = torch.sparse.sampled_addmm(pattern, gy_t, x2d, beta=0.0)
     grad = prod.values().float()
     if order is not None:
         grad = torch.empty_like(grad).index_copy_(0, order, grad)
