@@ -34,18 +34,18 @@ def build_model(args: argparse.Namespace):
 
 
 def prepare(method: str, model, args: argparse.Namespace):
-    """(model, optimizer, after_step hook) for one method."""
+    """(model, optimizer, Reselector or None) for one method."""
     from spiel import Reselector, SpielConfig, get_spiel_model, make_optimizer
 
     if method == "full":
-        return model, torch.optim.AdamW(model.parameters(), lr=2e-5), lambda: None
+        return model, torch.optim.AdamW(model.parameters(), lr=2e-5), None
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=args.rank, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS)
         peft_model = get_peft_model(model, config)
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        return peft_model, torch.optim.AdamW(params, lr=1e-4), lambda: None
+        return peft_model, torch.optim.AdamW(params, lr=1e-4), None
     growth = method.split("-")[1]
     config = SpielConfig(lora_rank=args.rank, growth=growth, grad_mode=args.grad_mode)
     spiel_model = get_spiel_model(model, config)
@@ -64,7 +64,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     """Train ``args.steps`` steps; per-step wall time and the time spent in drop-and-grow."""
     torch.set_num_threads(args.threads)
     model = build_model(args)
-    model, optimizer, after_step = prepare(method, model, args)
+    model, optimizer, selector = prepare(method, model, args)
     model.train()
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g).to(args.device)
@@ -80,9 +80,10 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        in_phase = bool(getattr(after_step, "estimators", None))
+        in_phase = selector is not None and bool(selector.estimators)
         selected = time.perf_counter()
-        after_step() if callable(after_step) else after_step.step()
+        if selector is not None:
+            selector.step()
         _sync(args.device)
         end = time.perf_counter()
         step_times.append(end - start)
@@ -132,6 +133,11 @@ def time_grad_phi(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is zero (e.g. a peak-RSS growth below the page granularity)."""
+    return a / b if b else float("nan")
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.method:
         print(json.dumps(run_method(args.method, args)))
         return
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     results = {}
     for method in METHODS:
         proc = subprocess.run([sys.executable, "-m", "spiel.bench", "--method", method, *forwarded],
@@ -191,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for method in ("spiel-ag", "spiel-ma"):
         r = results[method]
-        print(f"ratio {method}/lora step_time={r['median_step_s'] / lora['median_step_s']:.3f} "
-              f"peak_mem={r['peak_mem_mb'] / lora['peak_mem_mb']:.3f}")
+        print(f"ratio {method}/lora step_time={_ratio(r['median_step_s'], lora['median_step_s']):.3f} "
+              f"peak_mem={_ratio(r['peak_mem_mb'], lora['peak_mem_mb']):.3f}")
     at_1 = next(row for row in grads if row["density"] == 0.01)
     print(f"ratio sampled/dense grad_phi@1%={at_1['sampled_ms'] / at_1['dense_ms']:.3f}")
 
