@@ -55,19 +55,20 @@ def test_sampled_estimator_equals_dense_estimator():
 
 
 def test_grow_ag_hand_built_case():
-    d = _delta((4, 4), [0, 5, 10, 15], [0.5, 0.01, -0.3, 0.02])
+    d = _delta((4, 4), [0, 5, 10, 15], [0.5, 0.03, -0.3, 0.02])
     opt = SparseAdamW([d], lr=0.1)
     d.values.grad = torch.tensor([1.0, 2.0, 3.0, 4.0])
     opt.step()
     kept_state = {k: v[1].item() for k, v in opt.state[d.values].items()}  # entry at position 5
-    before = d.values.detach().clone()  # [0.4, -0.09, -0.4, -0.08]: |φ| smallest at positions 5, 15
+    before = d.values.detach().clone()  # [0.4, -0.07, -0.4, -0.08]: |φ| smallest at 5, then 15
     est = GradientEstimator(5)
     est.candidates = torch.tensor([0, 2, 5, 7, 9])
     est.grad_sum = torch.tensor([9.0, 1.0, 8.0, -5.0, 0.5]) * 4
     est.grad_sq_sum = torch.tensor([81.0, 1.0, 64.0, 25.0, 0.25]) * 4
     est.steps = 4
     # drop the two smallest |φ|: positions 5 and 15. Valid candidates exclude 0 and 10 (remaining).
-    # Top-2 by |ḡ|: 5 (8) and 7 (−5). 5 is dropped and regrown at once: it keeps value and state.
+    # Top-2 by |ḡ|: 5 (8) and 7 (−5). 5 — the very first to drop — is regrown at once: it keeps value
+    # and state, so 7 must take the slot of 15, not of 5.
     result = grow_ag(d, opt, est, n=2, step=25)
     assert result.grown.tolist() == [7] and result.dropped.tolist() == [15]
     assert d.indices.tolist() == [0, 5, 7, 10]

@@ -96,14 +96,11 @@ def grow_ag(delta: SparseDelta, optimizer: SparseAdamW, estimator: GradientEstim
     candidates, mean_g, mean_g2 = candidates[valid], mean_g[valid], mean_g2[valid]
     best = torch.topk(mean_g.abs(), min(n, candidates.numel()), sorted=True).indices
     incoming, mean_g, mean_g2 = candidates[best].long(), mean_g[best], mean_g2[best]
-    # Positions dropped and regrown at once stay as they are.
-    is_out = torch.zeros(delta.numel, dtype=torch.bool, device=outgoing.device)
-    is_out[outgoing] = True
-    stays = is_out[incoming]
-    incoming, mean_g, mean_g2 = incoming[~stays], mean_g[~stays], mean_g2[~stays]
-    is_in = torch.zeros_like(is_out)
-    is_in[incoming] = True
-    drop = drop[~is_in[outgoing]][: incoming.numel()]
+    # Positions dropped and regrown at once stay as they are: out of both lists.
+    regrown = torch.isin(incoming, outgoing)
+    drop = drop[~torch.isin(outgoing, incoming)]
+    incoming, mean_g, mean_g2 = incoming[~regrown], mean_g[~regrown], mean_g2[~regrown]
+    drop = drop[: incoming.numel()]
     beta1, beta2 = optimizer.param_groups[0]["betas"]
     age = torch.full_like(mean_g, float(estimator.steps))
     seeds = dict(exp_avg=mean_g * bias_correction(beta1, age), exp_avg_sq=mean_g2 * bias_correction(beta2, age),
