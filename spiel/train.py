@@ -1,0 +1,134 @@
+"""One training loop for every method (App. B): epochs, 3 % warmup then linear decay, gradient
+accumulation to the effective batch size, optional activation checkpointing, periodic checkpoints with
+exact resume after a kill, tqdm progress and a metrics JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import data
+from .adapters import load_base
+from .methods import Trainable, method, wrap
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    batch_size: int = 128
+    """Effective batch size (sequences per optimizer step)."""
+    micro_batch_size: int = 4
+    max_length: int = 2048
+    warmup_ratio: float = 0.03
+    seed: int = 0
+    checkpoint_every: int = 50
+    """Optimizer steps between checkpoints (0 = never)."""
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"
+    hp: dict[str, Any] = field(default_factory=dict)
+    """Method hyperparameters: lr, rank, weight_decay, update_interval, …"""
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler) -> None:
+    temp = path.with_suffix(".tmp")
+    torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, temp)
+    os.replace(temp, path)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint being resumed (they will be recomputed)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config: TrainConfig,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train one cell; writes ``out/`` (adapter or model), ``out/metrics.jsonl``; resumes from
+    ``out/checkpoint.pt`` if present. ``stop_after`` ends early after that many steps (tests of resume)."""
+    torch.manual_seed(config.seed)
+    dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+    spec = method(method_name)
+    model, tokenizer = load_base(model_dir, dtype, load_in_4bit=spec.quantized)
+    examples = data.load(train_file, tokenizer, config.max_length)
+    if not examples:
+        raise data.TrainDataError(f"{train_file}: no example with an assistant token to learn from")
+    accumulation = max(1, config.batch_size // config.micro_batch_size)
+    micro_per_epoch = math.ceil(len(examples) / config.micro_batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // accumulation)
+    total = steps_per_epoch * config.epochs
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    trainable = wrap(method_name, model, {"seed": config.seed, **config.hp}, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        trainable.optimizer, lambda s: lr_factor(s, total, math.ceil(config.warmup_ratio * total)))
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    step = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        trainable.load_state_dict(state["trainable"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+    _truncate_metrics(out / "metrics.jsonl", step)
+    trainable.model.train()
+    epoch_batches: dict[int, list] = {}
+    progress = tqdm(total=total, initial=step, desc=f"train {method_name}", mininterval=5)
+    with (out / "metrics.jsonl").open("a") as metrics:
+        while step < total and (stop_after is None or step < stop_after):
+            epoch, index = divmod(step, steps_per_epoch)
+            if epoch not in epoch_batches:
+                epoch_batches = {epoch: data.batches(examples, config.micro_batch_size, config.seed, epoch,
+                                                     tokenizer.pad_token_id or tokenizer.eos_token_id)}
+            micro = epoch_batches[epoch][index * accumulation:(index + 1) * accumulation]
+            start, loss_sum = time.perf_counter(), 0.0
+            tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
+            for batch in micro:
+                logits = trainable.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum",
+                    ignore_index=data.IGNORE) / max(1, tokens)
+                loss.backward()
+                loss_sum += float(loss.detach())
+            trainable.optimizer.step()
+            trainable.optimizer.zero_grad(set_to_none=True)
+            trainable.after_step()
+            scheduler.step()
+            step += 1
+            metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+                                      "tokens": tokens, "seconds": time.perf_counter() - start}) + "\n")
+            metrics.flush()
+            progress.update()
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+                _save_checkpoint(checkpoint, trainable, step, scheduler)
+    progress.close()
+    if step < total:
+        _save_checkpoint(checkpoint, trainable, step, scheduler)
+        return {"step": step, "total": total, "finished": False}
+    trainable.model.save_pretrained(out)
+    if spec.kind == "full":
+        tokenizer.save_pretrained(out)
+    summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(config),
+               "finished": True}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    checkpoint.unlink(missing_ok=True)
+    return summary

@@ -1,0 +1,78 @@
+"""Training data format and the one training loop: Tülu masking, exact resume after a stop, every method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spiel import data
+from spiel.models import tiny_llama, tiny_tokenizer
+from spiel.train import TrainConfig, lr_factor, train
+
+CHAT = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "Now double it."}, {"role": "assistant", "content": "10"}]
+CORPUS = ["<|user|>\nAdd 2 and 3.\n<|assistant|>\n5</s>\n", "Now double it. The answer is 10."] * 30
+
+
+def test_only_assistant_tokens_are_labelled():
+    tokenizer = tiny_tokenizer(CORPUS, vocab_size=300)
+    encoded = data.encode(CHAT, tokenizer, max_length=512)
+    labelled = tokenizer.decode([t for t, y in zip(encoded["input_ids"], encoded["labels"], strict=True)
+                                 if y != data.IGNORE])
+    assert labelled == "5</s>\n10</s>\n"
+    assert tokenizer.decode(encoded["input_ids"]) == ("<|user|>\nAdd 2 and 3.\n<|assistant|>\n5</s>\n"
+                                                      "<|user|>\nNow double it.\n<|assistant|>\n10</s>\n")
+    assert data.encode(CHAT, tokenizer, max_length=5) is None  # truncated before any reply: dropped
+
+
+def test_bad_training_file_names_the_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": [{"role": "bot"}]}) + "\n")
+    with pytest.raises(data.TrainDataError, match=r"train\.jsonl:2: every message needs a role"):
+        list(data.read_conversations(path))
+
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    assert [round(lr_factor(s, 10, 2), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375,
+                                                                   0.25, 0.125]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tiny_llama(root / "model", CORPUS, hidden=32)
+    conversations = [[{"role": "user", "content": f"Add {i} and {i + 1}."},
+                      {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(24)]
+    (root / "train.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return root
+
+
+def _config(**hp):
+    return TrainConfig(epochs=2, batch_size=4, micro_batch_size=2, max_length=64, checkpoint_every=2,
+                       hp={"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 1, **hp})
+
+
+@pytest.mark.parametrize("name", ["spiel-ag", "spiel-ma", "lora"])
+def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name):
+    whole = train(setup / "model", name, setup / "train.jsonl", tmp_path / "whole", _config())
+    assert whole["finished"] and whole["steps"] == 12
+    partial = train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", _config(), stop_after=5)
+    assert not partial["finished"] and (tmp_path / "cut" / "checkpoint.pt").exists()
+    train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", _config())
+    a = load_file(next((tmp_path / "whole").glob("*.safetensors")))
+    b = load_file(next((tmp_path / "cut").glob("*.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["full", "ia3", "qspiel-ag", "qlora"])
+def test_every_method_trains(setup, tmp_path, name):
+    summary = train(setup / "model", name, setup / "train.jsonl", tmp_path / name,
+                    TrainConfig(epochs=1, batch_size=4, micro_batch_size=4, max_length=64, hp={"lr": 1e-3, "rank": 2}))
+    assert summary["finished"] and summary["steps"] == 6
