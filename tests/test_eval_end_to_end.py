@@ -173,3 +173,21 @@ def _humaneval_two(tmp_path):
     data = tmp_path / "he2.jsonl"
     write_jsonl(sources.humaneval_rows()[:2], data)
     return data
+
+
+def test_two_lora_adapters_compose_as_the_sum_of_their_deltas(model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_base(model_dir)[0].state_dict()
+    folders, deltas = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        wrapped = get_peft_model(load_base(model_dir)[0], LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj"],
+                                                                     init_lora_weights=False))
+        wrapped.save_pretrained(tmp_path / f"l{seed}")
+        folders.append(tmp_path / f"l{seed}")
+        merged = apply_adapters(load_base(model_dir)[0], [folders[-1]]).state_dict()
+        deltas.append({k: merged[k] - base[k] for k in base})
+    composed = apply_adapters(load_base(model_dir)[0], folders).state_dict()
+    assert any(d.abs().max() > 0 for d in deltas[0].values())
+    assert all(torch.allclose(composed[k], base[k] + deltas[0][k] + deltas[1][k], atol=1e-5) for k in base)
