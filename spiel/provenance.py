@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PACKAGES = ("spiel", "torch", "transformers", "peft", "bitsandbytes", "lm_eval", "datasets", "snakemake")
 
@@ -31,16 +33,24 @@ def git_commit(folder: Path | None = None) -> str | None:
     return done.stdout.strip() or None
 
 
-def write_json_atomic(record: Any, path: str | Path) -> None:
-    """Write JSON next to ``path`` and rename it into place, so no half-written result is ever seen."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """A stream to a temporary file beside ``path``, renamed into place only if the block completes,
+    so no half-written result is ever seen."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(record, out, indent=1, ensure_ascii=False, default=str)
-            out.write("\n")
+        with os.fdopen(handle, mode) as stream:
+            yield stream
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(record: Any, path: str | Path) -> None:
+    """Write ``record`` as JSON through ``atomic_open``."""
+    with atomic_open(path) as out:
+        json.dump(record, out, indent=1, ensure_ascii=False, default=str)
+        out.write("\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from . import data
 from .adapters import load_base
 from .methods import Trainable, method, wrap
+from .provenance import atomic_open
 
 
 @dataclass
@@ -46,10 +46,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler) -> None:
-    temp = path.with_suffix(".tmp")
-    torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, temp)
-    os.replace(temp, path)
+    with atomic_open(path, "wb") as stream:
+        torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, stream)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

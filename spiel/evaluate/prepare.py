@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..provenance import atomic_open
 from . import sources
 from .sources import DataError
 
@@ -54,17 +53,10 @@ def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], out: Path) -> None:
-    """Write rows atomically (temporary file renamed into place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            for row in rows:
-                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write rows as JSON lines through ``atomic_open``."""
+    with atomic_open(out) as stream:
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def prepare(benchmark: str, spec: dict[str, Any], out: Path, cache: Path) -> int:

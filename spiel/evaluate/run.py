@@ -28,6 +28,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TASKS = Path(__file__).parent / "tasks"
 MACRO = {"bbh", "tydiqa"}
 """Benchmarks whose score is the mean over groups (BBH tasks, TyDiQA languages); the rest average items."""
+METRIC = {"mmlu": "accuracy", "gsm": "accuracy", "bbh": "accuracy", "tydiqa": "f1", "humaneval": "pass@1"}
 
 
 def whitespace_truncate(text: str, n: int) -> str:
@@ -104,7 +105,7 @@ def _sample_log(raw: dict) -> dict[str, Any]:
         record.update(output=loglikelihoods, extracted="ABCD"[loglikelihoods.index(max(loglikelihoods))],
                       score=float(raw["acc"]))
     else:
-        outputs = [r for r in raw["resps"][0]]
+        outputs = list(raw["resps"][0])
         record.update(output=outputs if len(outputs) > 1 else outputs[0], extracted=json.loads(raw["extracted"]),
                       score=float(raw["score"]))
     return record
@@ -121,8 +122,6 @@ def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_tr
                              fewshot_random_seed=proto.seed, verbosity="WARNING")
     samples = [_sample_log(raw) for raw in output["samples"][task.task_name]]
     seconds = time.perf_counter() - start
-    metric = "accuracy" if proto.benchmark in ("mmlu", "gsm", "bbh") else (
-        "pass@1" if proto.benchmark == "humaneval" else "f1")
-    return {"benchmark": proto.benchmark, "metric": metric, **aggregate(proto.benchmark, samples),
+    return {"benchmark": proto.benchmark, "metric": METRIC[proto.benchmark], **aggregate(proto.benchmark, samples),
             "protocol": proto.settings(), "data_file": str(data_file), "seconds": seconds,
             "items_per_second": len(samples) / seconds, "versions": package_versions(), "samples": samples}

