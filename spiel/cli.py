@@ -30,6 +30,17 @@ def cmd_prepare_eval(args: argparse.Namespace) -> None:
     print(f"{args.benchmark}: {count} rows → {args.out}")
 
 
+def cmd_prepare_train(args: argparse.Namespace) -> None:
+    from .instruct import decontaminate, rows_for
+    from .provenance import write_jsonl
+
+    spec = {"source": args.source, **_key_values(args.set)}
+    rows, dropped = decontaminate(rows_for(args.dataset, spec, args.seed), [Path(p) for p in args.exclude])
+    write_jsonl(rows, Path(args.out))
+    print(f"{args.dataset}: {len(rows)} conversations → {args.out} ({dropped} dropped as overlapping evaluation "
+          f"items of {len(args.exclude)} file(s))")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
@@ -100,6 +111,17 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                       help="source options: path, dev, train, tasks, n, seed, package, test_per_subject")
     prep.set_defaults(func=cmd_prepare_eval)
+
+    pt = commands.add_parser("prepare-train", help="write one instruction-tuning dataset as conversations JSONL",
+                             description="Build flan / alpaca / tulu (offline stand-in, local file or cached hub "
+                                         "dataset), drop examples overlapping evaluation items, write JSONL.")
+    pt.add_argument("--dataset", required=True, help="flan, alpaca or tulu")
+    pt.add_argument("--source", default="standin", choices=["standin", "file", "hub"])
+    pt.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="source options: n, path, id, split")
+    pt.add_argument("--exclude", nargs="*", default=[], help="prepared evaluation JSONL files to decontaminate against")
+    pt.add_argument("--seed", type=int, default=42)
+    pt.add_argument("--out", required=True)
+    pt.set_defaults(func=cmd_prepare_train)
 
     ev = commands.add_parser("evaluate", help="score a model (with adapters) on one benchmark",
                              description="Evaluate a local model, optionally with adapters (several are "

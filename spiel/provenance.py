@@ -54,3 +54,10 @@ def write_json_atomic(record: Any, path: str | Path) -> None:
     with atomic_open(path) as out:
         json.dump(record, out, indent=1, ensure_ascii=False, default=str)
         out.write("\n")
+
+
+def write_jsonl(rows: list[dict], out: str | Path) -> None:
+    """Write rows as JSON lines through ``atomic_open``."""
+    with atomic_open(out) as stream:
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -14,7 +14,7 @@ import torch
 from spiel.adapters import apply_adapters, load_base
 from spiel.cli import main
 from spiel.evaluate import sources
-from spiel.evaluate.prepare import write_jsonl
+from spiel.provenance import write_jsonl
 from spiel.models import tiny_llama
 from spiel.tuner import SpielConfig, get_spiel_model
 

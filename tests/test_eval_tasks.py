@@ -8,7 +8,7 @@ import random
 import pytest
 from lm_eval.api.model import LM
 
-from spiel.evaluate.prepare import write_jsonl
+from spiel.provenance import write_jsonl
 from spiel.evaluate.protocol import protocol
 from spiel.evaluate.run import run
 from spiel.evaluate.sources import DataError, gsm_from_jsonl, mmlu_from_csv

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..provenance import atomic_open
+from ..provenance import write_jsonl
 from . import sources
 from .sources import DataError
 
@@ -50,13 +49,6 @@ def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
             return sources.tydiqa_from_files(_path(spec, "dev", benchmark), _path(spec, "train", benchmark))
         return sources.tydiqa_from_squad(sources.fetch_archive(spec.get("package", "bigbench==1.0.0"), cache, True))
     return sources.humaneval_rows(_path(spec, "path", benchmark) if source == "file" else None)
-
-
-def write_jsonl(rows: list[dict], out: Path) -> None:
-    """Write rows as JSON lines through ``atomic_open``."""
-    with atomic_open(out) as stream:
-        for row in rows:
-            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def prepare(benchmark: str, spec: dict[str, Any], out: Path, cache: Path) -> int:

@@ -1,0 +1,201 @@
+"""The three instruction-tuning datasets (§4.1): the paper's files, or offline stand-ins with the same roles.
+
+Paper config: Flan v2 (50K subsample), GPT4-Alpaca and the Tülu v2 mixture, read from local files — JSONL of
+``{"messages": [...]}`` (open-instruct's processed form) or Alpaca JSON (``instruction``/``input``/``output``)
+— or from a hub id already in the local Hugging Face cache. Nothing is downloaded at run time.
+
+Embedded default (sources and licences in config/README.md), never from BIG-bench (its canary forbids training):
+- ``flan``: a Flan-like multi-task mix — one templated instruction task per reasoning-gym procedural family;
+- ``alpaca``: an Alpaca-like general and code set — CodeI/O problems with their reference solutions (shipped
+  in reasoning-gym) and explanations of Python language topics (the reference manual text in ``pydoc_data``);
+- ``tulu``: a larger Tülu-like mixture of both, a quarter of it as two-turn conversations.
+
+Every training set is decontaminated against the evaluation data: an example sharing a word 13-gram (or a whole
+shorter question) with any evaluation item or exemplar is dropped, and the count is reported.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .data import TrainDataError, read_conversations
+
+Conversation = dict[str, Any]
+
+FLAN_FAMILIES = (
+    "letter_counting", "spell_backward", "basic_arithmetic", "gcd", "lcm", "caesar_cipher", "base_conversion",
+    "syllogism", "word_sequence_reversal", "number_filtering", "prime_factorization", "fraction_simplification",
+    "count_bits", "isomorphic_strings", "ransom_note", "sentence_reordering", "letter_jumble", "group_anagrams",
+)
+"""reasoning-gym families used as Flan-like tasks. Left out: ``word_sorting`` and ``leg_counting`` (the BBH
+tasks word_sorting / object_counting are evaluated), ``gsm_symbolic`` (the GSM stand-in) and code I/O."""
+
+STANDINS = ("flan", "alpaca", "tulu")
+NGRAM = 13
+
+
+def _chat(user: str, assistant: str, source: str) -> Conversation:
+    return {"messages": [{"role": "user", "content": user.strip()},
+                         {"role": "assistant", "content": assistant.strip()}], "source": source}
+
+
+def flan_like(n: int, seed: int) -> list[Conversation]:
+    """``n`` examples drawn round-robin over ``FLAN_FAMILIES`` (seeded reasoning-gym generators)."""
+    import reasoning_gym
+
+    per_family = -(-n // len(FLAN_FAMILIES))
+    pools = [(name, reasoning_gym.create_dataset(name, size=per_family, seed=seed + i))
+             for i, name in enumerate(FLAN_FAMILIES)]
+    rows = [_chat(ds[k]["question"], str(ds[k]["answer"]), f"reasoning-gym:{name}")
+            for k in range(per_family) for name, ds in pools]
+    return rows[:n]
+
+
+def _codeio() -> list[dict[str, Any]]:
+    path = resources.files("reasoning_gym") / "data" / "codeio.jsonl.gz"
+    with gzip.open(str(path), "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def alpaca_like(n: int, seed: int, max_chars: int = 1200) -> list[Conversation]:
+    """``n`` examples, alternating a CodeI/O coding task and a Python-topic explanation, seeded."""
+    from pydoc_data.topics import topics
+
+    rng = random.Random(seed)
+    code = [r for r in _codeio() if len(r["code_sample"]) <= max_chars and r["task_description"].isascii()]
+    rng.shuffle(code)
+    names = sorted(topics)
+    rng.shuffle(names)
+    rows = []
+    for i in range(n):
+        if i % 2 == 0 and code:
+            task = code.pop()
+            rows.append(_chat(f"{task['task_description']}\n\n{task['input_output_spec']}\n\nWrite a Python "
+                              f"function `main_solution` that solves this.", task["code_sample"], "codeio"))
+        else:
+            name = names[(i // 2) % len(names)]
+            words = list(re.finditer(r"\S+", topics[name]))
+            text = topics[name][:words[min(159, len(words) - 1)].end()]
+            rows.append(_chat(f"Explain the Python language topic '{name}' as the reference manual does.",
+                              text, f"pydoc_data:{name}"))
+    return rows
+
+
+def tulu_like(n: int, seed: int) -> list[Conversation]:
+    """A mixture of Flan-like and Alpaca-like examples (other seeds), a quarter merged into two-turn chats."""
+    pool = flan_like(n // 2 + n // 4, seed + 1000) + alpaca_like(n - n // 2 + n // 4, seed + 2000)
+    random.Random(seed).shuffle(pool)
+    pairs, singles = pool[: n // 2], pool[n // 2:]
+    rows = [{"messages": a["messages"] + b["messages"], "source": f"{a['source']}+{b['source']}"}
+            for a, b in zip(pairs[0::2], pairs[1::2], strict=False)]
+    rows += singles
+    random.Random(seed + 1).shuffle(rows)
+    return rows[:n]
+
+
+def standin(name: str, n: int, seed: int) -> list[Conversation]:
+    builders = {"flan": flan_like, "alpaca": alpaca_like, "tulu": tulu_like}
+    if name not in builders:
+        raise TrainDataError(f"train_data.{name}: no offline stand-in (choose one of {STANDINS})")
+    return builders[name](n, seed)
+
+
+def from_alpaca_json(path: Path) -> list[Conversation]:
+    """GPT4-Alpaca's JSON list of ``{instruction, input, output}`` as conversations."""
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TrainDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    rows = []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or not {"instruction", "output"} <= set(item):
+            raise TrainDataError(f"{path}: item {k} needs 'instruction' and 'output'")
+        prompt = item["instruction"] + (f"\n\n{item['input']}" if item.get("input") else "")
+        rows.append(_chat(prompt, item["output"], str(path)))
+    return rows
+
+
+def from_file(path: Path) -> list[Conversation]:
+    """A local training file: JSONL of conversations, or Alpaca-format JSON."""
+    if not path.exists():
+        raise TrainDataError(f"{path}: training file does not exist (download it and set train_data.*.path)")
+    if path.suffix == ".json":
+        return from_alpaca_json(path)
+    return [{"messages": messages, "source": f"{path}:{line}"} for line, messages in read_conversations(path)]
+
+
+def from_hub(dataset_id: str, split: str = "train") -> list[Conversation]:
+    """A hub dataset that is already in the local cache (offline); otherwise a message saying what to do."""
+    import datasets
+
+    try:
+        table = datasets.load_dataset(dataset_id, split=split)
+    except Exception as error:  # datasets raises many types when offline
+        raise TrainDataError(f"train data {dataset_id!r} is not available offline ({type(error).__name__}). "
+                             f"Download it on a connected machine (`hf download {dataset_id} --repo-type dataset`) "
+                             f"or set train_data.*.path to a local JSONL/JSON file.") from None
+    if "messages" not in table.column_names:
+        raise TrainDataError(f"{dataset_id}: expected a 'messages' column, found {table.column_names}")
+    return [{"messages": row["messages"], "source": dataset_id} for row in table]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def eval_ngrams(rows: Iterable[dict[str, Any]], n: int = NGRAM, min_words: int = 8) -> set[tuple[str, ...]]:
+    """Word n-grams of every evaluation text field (a text shorter than ``n`` words counts whole)."""
+    grams: set[tuple[str, ...]] = set()
+    for row in rows:
+        for key, value in row.items():
+            if key in ("split", "group", "source") or not isinstance(value, str):
+                continue
+            words = _words(value)
+            if len(words) < min_words:
+                continue
+            size = min(n, len(words))
+            grams.update(tuple(words[i:i + size]) for i in range(len(words) - size + 1))
+    return grams
+
+
+def contaminated(conversation: Conversation, grams: set[tuple[str, ...]]) -> bool:
+    """Whether any word window of the conversation is one of the evaluation n-grams."""
+    words = _words(" ".join(m["content"] for m in conversation["messages"]))
+    sizes = {len(g) for g in grams}
+    return any(tuple(words[i:i + size]) in grams for size in sizes for i in range(len(words) - size + 1))
+
+
+def decontaminate(rows: list[Conversation], eval_files: list[Path]) -> tuple[list[Conversation], int]:
+    """``rows`` without any example overlapping an evaluation file's items; returns (kept, dropped)."""
+    grams: set[tuple[str, ...]] = set()
+    for path in eval_files:
+        with path.open() as handle:
+            grams |= eval_ngrams(json.loads(line) for line in handle if line.strip())
+    kept = [row for row in rows if not contaminated(row, grams)]
+    return kept, len(rows) - len(kept)
+
+
+def rows_for(name: str, spec: dict[str, Any], seed: int) -> list[Conversation]:
+    """The conversations ``train_data.<name>`` names: ``source`` standin | file (``path``) | hub (``id``)."""
+    source = spec.get("source", "standin")
+    if source == "standin":
+        return standin(name, int(spec.get("n", 64)), seed)
+    if source == "file":
+        if not spec.get("path"):
+            raise TrainDataError(f"train_data.{name}.path: required for source 'file'")
+        rows = from_file(Path(spec["path"]))
+    elif source == "hub":
+        rows = from_hub(spec["id"], spec.get("split", "train"))
+    else:
+        raise TrainDataError(f"train_data.{name}.source: {source!r} is not one of standin, file, hub")
+    limit = spec.get("n")
+    if limit:
+        rows = random.Random(seed).sample(rows, min(int(limit), len(rows)))
+    return rows
