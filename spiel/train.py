@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from . import data
 from .adapters import load_base
 from .methods import Trainable, method, wrap
-from .provenance import atomic_open
+from .provenance import atomic_open, git_commit, package_versions, write_json_atomic
 
 
 @dataclass
@@ -59,9 +60,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config: TrainConfig,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Train one cell; writes ``out/`` (adapter or model), ``out/metrics.jsonl``; resumes from
-    ``out/checkpoint.pt`` if present. ``stop_after`` ends early after that many steps (tests of resume)."""
+          stop_after: int | None = None, work: Path | None = None) -> dict[str, Any]:
+    """Train one cell; writes ``out/`` (adapter or model, ``metrics.jsonl``, ``train_summary.json``).
+
+    ``work`` (default ``out``) holds ``checkpoint.pt`` and the running metrics, and a run resumes from it; a
+    workflow keeps it outside ``out`` so that clearing an unfinished output does not lose the checkpoint.
+    ``stop_after`` ends early after that many steps (tests of resume)."""
+    work = work or out
     torch.manual_seed(config.seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
@@ -79,8 +84,8 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     trainable = wrap(method_name, model, {"seed": config.seed, **config.hp}, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainable.optimizer, lambda s: lr_factor(s, total, math.ceil(config.warmup_ratio * total)))
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint.pt"
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "checkpoint.pt"
     step = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -88,11 +93,11 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
-    _truncate_metrics(out / "metrics.jsonl", step)
+    _truncate_metrics(work / "metrics.jsonl", step)
     trainable.model.train()
     epoch_batches: dict[int, list] = {}
     progress = tqdm(total=total, initial=step, desc=f"train {method_name}", mininterval=5)
-    with (out / "metrics.jsonl").open("a") as metrics:
+    with (work / "metrics.jsonl").open("a") as metrics:
         while step < total and (stop_after is None or step < stop_after):
             epoch, index = divmod(step, steps_per_epoch)
             if epoch not in epoch_batches:
@@ -123,11 +128,17 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     if step < total:
         _save_checkpoint(checkpoint, trainable, step, scheduler)
         return {"step": step, "total": total, "finished": False}
+    out.mkdir(parents=True, exist_ok=True)
     trainable.model.save_pretrained(out)
+    if work != out:
+        shutil.copyfile(work / "metrics.jsonl", out / "metrics.jsonl")
     if spec.kind == "full":
         tokenizer.save_pretrained(out)
     summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(config),
-               "finished": True}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+               "model": str(model_dir), "data": str(train_file), "finished": True,
+               "versions": package_versions(), "git_commit": git_commit()}
+    write_json_atomic(summary, out / "train_summary.json")
     checkpoint.unlink(missing_ok=True)
+    if work != out:
+        shutil.rmtree(work)
     return summary

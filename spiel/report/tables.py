@@ -1,0 +1,89 @@
+"""Tables 1 and 2 of the paper from our evaluation JSON files, every cell traceable to its file.
+
+Rows are size × method (the paper's labels), columns are (training dataset, benchmark) pairs named as in the
+paper's CSVs (``config/paper_results``). The untuned rows (Original, Original (4-bit)) take every column from
+the base model's evaluation; the Tülu v2 ⊕ GPT4-Alpaca column composes the two PEFT adapters (§5) and is empty
+for Original and FullIFT, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..methods import method
+
+BASE = "base"
+COMPOSED = "tulu+alpaca"
+DATASET_LABELS = {"flan": "Flan v2", "alpaca": "GPT4-Alpaca", "tulu": "Tülu v2", COMPOSED: "Tülu v2 + GPT4-Alpaca"}
+BENCHMARK_LABELS = {"mmlu": "MMLU", "gsm": "GSM", "bbh": "BBH", "tydiqa": "TyDiQA", "humaneval": "HumanEval"}
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "table1": [("flan", "mmlu"), ("flan", "tydiqa"), ("alpaca", "humaneval"), ("tulu", "mmlu"), ("tulu", "gsm"),
+               ("tulu", "bbh"), ("tulu", "tydiqa"), ("tulu", "humaneval"), (COMPOSED, "humaneval")],
+    "table2": [("flan", "mmlu"), ("flan", "tydiqa"), ("alpaca", "humaneval")],
+}
+
+
+def column_name(dataset: str, benchmark: str) -> str:
+    """The paper CSV's column name, e.g. ``tulu_plus_alpaca_humaneval``."""
+    return f"{dataset.replace('+', '_plus_')}_{benchmark}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    size: str
+    method: str
+    dataset: str
+    benchmark: str
+
+    @property
+    def evaluated_on(self) -> str:
+        """The evaluation's dataset folder: ``base`` for untuned models."""
+        return BASE if method(self.method).kind == "none" else self.dataset
+
+    def path(self, root: str | Path = "results/eval") -> Path:
+        return Path(root) / self.size / self.evaluated_on / self.method / f"{self.benchmark}.json"
+
+
+def cells(table: str, sizes: list[str], methods: list[str]) -> list[Cell]:
+    """Every filled cell of ``table``: untuned and FullIFT rows have no composed column."""
+    out = []
+    for size in sizes:
+        for name in methods:
+            for dataset, benchmark in COLUMNS[table]:
+                if dataset == COMPOSED and method(name).kind in ("none", "full"):
+                    continue
+                out.append(Cell(size, name, dataset, benchmark))
+    return out
+
+
+def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "results/eval"
+          ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(table, sources): the table as in the paper's CSV, and for each ``size/method/column`` its JSON file."""
+    frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
+    for dataset, benchmark in COLUMNS[table]:
+        frame[column_name(dataset, benchmark)] = float("nan")
+    sources = {}
+    for cell in cells(table, sizes, methods):
+        path = cell.path(root)
+        value = json.loads(path.read_text())["value"]
+        label, column = method(cell.method).label, column_name(cell.dataset, cell.benchmark)
+        frame.loc[(frame["size"] == cell.size) & (frame["method"] == label), column] = round(value, 2)
+        sources[f"{cell.size}/{label}/{column}"] = str(path)
+    return frame, sources
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The table as Markdown with readable headers (dataset / benchmark) and empty cells left blank."""
+    headers = ["Size", "Method"]
+    for column in frame.columns[2:]:
+        dataset, benchmark = column.rsplit("_", 1)
+        headers.append(f"{DATASET_LABELS[dataset.replace('_plus_', '+')]} {BENCHMARK_LABELS[benchmark]}")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in frame.itertuples(index=False):
+        values = [str(row[0]), str(row[1])] + ["" if pd.isna(v) else f"{v:.1f}" for v in row[2:]]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,49 @@
+"""Helpers only: paths, the cells that Tables 1 and 2 need, and the settings each job receives."""
+
+import shlex
+
+import yaml
+
+from spiel.methods import method
+from spiel.report.tables import BASE, COMPOSED, cells
+
+SIZES = list(config["models"])
+DATASETS = ["flan", "alpaca", "tulu"]
+BENCHMARKS = ["mmlu", "gsm", "bbh", "tydiqa", "humaneval"]
+CACHE = config.get("cache", "resources/archives")
+ENV = "../../envs/spiel.yaml"
+
+MODEL = "resources/models/{size}"
+EVAL_DATA = "results/data/eval/{benchmark}.jsonl"
+TRAIN_DATA = "results/data/train/{dataset}.jsonl"
+ADAPTER = "results/adapters/{size}/{dataset}/{method}"
+EVAL = "results/eval/{size}/{dataset}/{method}/{benchmark}.json"
+
+
+wildcard_constraints:
+    size="|".join(SIZES),
+    dataset="flan|alpaca|tulu",
+    benchmark="|".join(BENCHMARKS),
+    method="[a-z0-9-]+",
+
+
+def key_values(mapping):
+    """``KEY=VALUE`` arguments (values as YAML, shell-quoted) for the CLI's --set / --hp options."""
+    return " ".join(shlex.quote(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+                    for k, v in mapping.items())
+
+
+def hyperparameters(wildcards):
+    """The method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters."""
+    base = config.get("hyperparameters", {}).get(wildcards.method, {})
+    per_size = config["models"][wildcards.size].get("hyperparameters", {}).get(wildcards.method, {})
+    merged = {**base, **per_size}
+    if "lr" not in merged:
+        raise ValueError(f"hyperparameters.{wildcards.method}.lr: no learning rate configured")
+    return key_values(merged)
+
+
+def table_inputs(table):
+    """The evaluation files behind every cell of ``table``."""
+    methods = config.get("tables", {}).get(table)
+    return [str(cell.path()) for cell in cells(table, SIZES, methods)]

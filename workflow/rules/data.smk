@@ -1,0 +1,64 @@
+"""Base models, evaluation data and the three instruction-tuning datasets."""
+
+
+rule prepare_model:
+    output:
+        directory(MODEL),
+    log:
+        "logs/prepare_model/{size}.log",
+    params:
+        source=lambda w: config["models"][w.size]["source"],
+        options=lambda w: key_values({k: v for k, v in config["models"][w.size].items()
+                                      if k in ("path", "id", "hidden", "layers")}),
+        cache=CACHE,
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m spiel prepare-model --source {params.source} --set {params.options} "
+        "--cache {params.cache} --out {output} > {log} 2>&1"
+
+
+rule prepare_eval:
+    output:
+        EVAL_DATA,
+    log:
+        "logs/prepare_eval/{benchmark}.log",
+    params:
+        source=lambda w: config["eval_data"][w.benchmark]["source"],
+        options=lambda w: key_values({k: v for k, v in config["eval_data"][w.benchmark].items() if k != "source"}),
+        cache=CACHE,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m spiel prepare-eval --benchmark {wildcards.benchmark} --source {params.source} "
+        "--set {params.options} --cache {params.cache} --out {output} > {log} 2>&1"
+
+
+rule prepare_train:
+    input:
+        expand(EVAL_DATA, benchmark=BENCHMARKS),
+    output:
+        TRAIN_DATA,
+    log:
+        "logs/prepare_train/{dataset}.log",
+    params:
+        source=lambda w: config["train_data"][w.dataset].get("source", "standin"),
+        options=lambda w: key_values({k: v for k, v in config["train_data"][w.dataset].items() if k != "source"}),
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m spiel prepare-train --dataset {wildcards.dataset} --source {params.source} "
+        "--set {params.options} --seed {params.seed} --exclude {input} --out {output} > {log} 2>&1"
