@@ -10,7 +10,12 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
+# A --configfile replaces the embedded default instead of being merged into it (a merge would keep the
+# default's model sizes and datasets beside the new ones); --config KEY=VALUE still overrides single keys.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

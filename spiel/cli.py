@@ -41,36 +41,55 @@ def cmd_prepare_train(args: argparse.Namespace) -> None:
           f"items of {len(args.exclude)} file(s))")
 
 
+def _protocols(args: argparse.Namespace) -> list:
+    """One protocol per ``--benchmark``: the paper's, then ``--protocol`` file, then ``--set`` overrides
+    (``KEY=VALUE`` for every benchmark, ``BENCHMARK.KEY=VALUE`` for one)."""
+    from .evaluate.protocol import protocol
+
+    from_file = (yaml.safe_load(Path(args.protocol).read_text()) or {}) if args.protocol else {}
+    settings = _key_values(args.set)
+    protocols = []
+    for benchmark in args.benchmark:
+        overrides = dict(from_file.get(benchmark, {}))
+        overrides.update({k: v for k, v in settings.items() if "." not in k})
+        overrides.update({k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith(f"{benchmark}.")})
+        protocols.append(protocol(benchmark, overrides, where=args.protocol or "--set"))
+    strays = {k.split(".")[0] for k in settings if "." in k} - set(args.benchmark)
+    if strays:
+        raise ValueError(f"--set: {sorted(strays)} are not among the evaluated benchmarks {args.benchmark}")
+    return protocols
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from .adapters import apply_adapters, load_base
-    from .evaluate.protocol import protocol
     from .evaluate.run import run
     from .provenance import write_json_atomic
 
-    overrides = {}
-    if args.protocol:
-        overrides = (yaml.safe_load(Path(args.protocol).read_text()) or {}).get(args.benchmark, {})
-    proto = protocol(args.benchmark, {**overrides, **_key_values(args.set)}, where=args.protocol or "--set")
-    data = Path(args.data)
-    if not data.exists():
-        raise FileNotFoundError(f"--data {data}: no such file (run `python -m spiel prepare-eval` first)")
+    if not len(args.benchmark) == len(args.data) == len(args.out):
+        raise ValueError("--benchmark, --data and --out need one value each per benchmark, in the same order")
+    protocols = _protocols(args)
+    for data in args.data:
+        if not Path(data).exists():
+            raise FileNotFoundError(f"--data {data}: no such file (run `python -m spiel prepare-eval` first)")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit)
     model = apply_adapters(model, args.adapter, merge=not args.load_in_4bit).eval()
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=proto.batch_size)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=protocols[0].batch_size)
 
     def truncate(text: str, n: int) -> str:
         return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n])
 
-    result = run(lm, data, proto, truncate)
-    result.update(model=str(args.model), adapters=[str(a) for a in args.adapter])
-    write_json_atomic(result, args.out)
-    print(json.dumps({k: result[k] for k in ("benchmark", "metric", "value", "stderr", "n_items",
-                                             "items_per_second")}))
+    for proto, data, out in zip(protocols, args.data, args.out, strict=True):
+        lm.batch_size_per_gpu = proto.batch_size
+        result = run(lm, Path(data), proto, truncate)
+        result.update(model=str(args.model), adapters=[str(a) for a in args.adapter])
+        write_json_atomic(result, out)
+        print(json.dumps({k: result[k] for k in ("benchmark", "metric", "value", "stderr", "n_items",
+                                                 "items_per_second")}), flush=True)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -139,16 +158,19 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True)
     pt.set_defaults(func=cmd_prepare_train)
 
-    ev = commands.add_parser("evaluate", help="score a model (with adapters) on one benchmark",
+    ev = commands.add_parser("evaluate", help="score a model (with adapters) on one or more benchmarks",
                              description="Evaluate a local model, optionally with adapters (several are "
-                                         "composed), on one benchmark with the paper's protocol (App. B).")
+                                         "composed), on benchmarks with the paper's protocol (App. B); the model "
+                                         "is loaded once for all of them.")
     ev.add_argument("--model", required=True, help="local Hugging Face model folder")
     ev.add_argument("--adapter", nargs="*", default=[], help="adapter folder(s): SpIEL or peft; several compose")
-    ev.add_argument("--benchmark", required=True, choices=["mmlu", "gsm", "bbh", "tydiqa", "humaneval"])
-    ev.add_argument("--data", required=True, help="prepared JSONL from `prepare-eval`")
-    ev.add_argument("--out", required=True, help="result JSON (metric, stderr, protocol, per-sample log)")
+    ev.add_argument("--benchmark", required=True, nargs="+", choices=["mmlu", "gsm", "bbh", "tydiqa", "humaneval"])
+    ev.add_argument("--data", required=True, nargs="+", help="prepared JSONL from `prepare-eval`, per benchmark")
+    ev.add_argument("--out", required=True, nargs="+",
+                    help="result JSON per benchmark (metric, stderr, protocol, per-sample log)")
     ev.add_argument("--protocol", help="YAML mapping benchmark → protocol overrides (e.g. shots, max_items)")
-    ev.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="protocol overrides, e.g. shots=3")
+    ev.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="protocol overrides: shots=3 (all benchmarks) or mmlu.shots=3 (one)")
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
     ev.set_defaults(func=cmd_evaluate)

@@ -14,8 +14,8 @@ import torch
 from spiel.adapters import apply_adapters, load_base
 from spiel.cli import main
 from spiel.evaluate import sources
-from spiel.provenance import write_jsonl
 from spiel.models import tiny_llama
+from spiel.provenance import write_jsonl
 from spiel.tuner import SpielConfig, get_spiel_model
 
 CORPUS = ["The following are multiple choice questions (with answers) about anatomy. Answer: A B C D",

@@ -8,10 +8,10 @@ import random
 import pytest
 from lm_eval.api.model import LM
 
-from spiel.provenance import write_jsonl
 from spiel.evaluate.protocol import protocol
 from spiel.evaluate.run import run
 from spiel.evaluate.sources import DataError, gsm_from_jsonl, mmlu_from_csv
+from spiel.provenance import write_jsonl
 
 
 class Scripted(LM):

@@ -76,3 +76,36 @@ def test_every_method_trains(setup, tmp_path, name):
     summary = train(setup / "model", name, setup / "train.jsonl", tmp_path / name,
                     TrainConfig(epochs=1, batch_size=4, micro_batch_size=4, max_length=64, hp={"lr": 1e-3, "rank": 2}))
     assert summary["finished"] and summary["steps"] == 6
+
+
+def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path):
+    """SIGKILL the CLI mid-run (as a cluster pre-emption would), rerun it: same adapter as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "spiel", "train", "--model", str(setup / "model"), "--method", "spiel-ag",
+                "--data", str(setup / "train.jsonl"), "--out", str(tmp_path / out),
+                "--work", str(tmp_path / f"{out}.w"),
+                "--set", "epochs=4", "batch_size=1", "micro_batch_size=1", "max_length=64", "checkpoint_every=1",
+                "--hp", "lr=0.01", "rank=2", "update_interval=4", "estimation_steps=1"]
+
+    subprocess.run(command("whole"), check=True, capture_output=True)
+    job = subprocess.Popen(command("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "cut.w" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 20):
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert (tmp_path / "cut.w" / "checkpoint.pt").exists() and not (tmp_path / "cut").exists()  # killed mid-run
+    subprocess.run(command("cut"), check=True, capture_output=True)
+    a = load_file(next((tmp_path / "whole").glob("*.safetensors")))
+    b = load_file(next((tmp_path / "cut").glob("*.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut.w").exists()  # the work folder is removed once the adapter is written
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 97))

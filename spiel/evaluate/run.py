@@ -114,10 +114,13 @@ def _sample_log(raw: dict) -> dict[str, Any]:
 def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_truncate) -> dict[str, Any]:
     """Evaluate ``lm`` on one benchmark; returns the result record (metric, standard error, per-sample log)."""
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
     task = make_task(data_file, proto, truncate)
-    output = simple_evaluate(model=lm, tasks=[task], log_samples=True, bootstrap_iters=0, random_seed=proto.seed,
+    # our task objects are built directly; an empty manager skips indexing lm-eval's ~14k task YAMLs (~10 s)
+    output = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_defaults=False),
+                             log_samples=True, bootstrap_iters=0, random_seed=proto.seed,
                              numpy_random_seed=proto.seed, torch_random_seed=proto.seed,
                              fewshot_random_seed=proto.seed, verbosity="WARNING")
     samples = [_sample_log(raw) for raw in output["samples"][task.task_name]]

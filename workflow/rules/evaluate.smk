@@ -1,6 +1,16 @@
-"""One model on one benchmark: the base model (dataset ``base``), a trained cell, or — dataset ``tulu+alpaca`` —
-the Tülu v2 and GPT4-Alpaca adapters composed at load time (§5: SpIEL deltas summed, peft adapters combined),
-so composition needs no rule of its own."""
+"""Evaluation: one job per model, scoring every benchmark its table columns need with the model loaded once.
+
+The model is the base model (dataset ``base``), a trained cell, or — dataset ``tulu+alpaca`` — the Tülu v2 and
+GPT4-Alpaca adapters composed at load time (§5: SpIEL deltas summed, peft adapters combined), so composition
+needs no rule of its own. Each benchmark still gets its own result JSON.
+"""
+
+EVALUATIONS = {
+    "all": (f"{BASE}|tulu", BENCHMARKS),
+    "flan": ("flan", ["mmlu", "tydiqa"]),
+    "code": (f"alpaca|{COMPOSED.replace('+', '[+]')}", ["humaneval"]),
+}
+"""Rule suffix → (datasets, benchmarks): Table 1's columns per training dataset."""
 
 
 def evaluated_model(wildcards):
@@ -18,33 +28,39 @@ def adapters(wildcards):
     return [ADAPTER.format(**wildcards)]
 
 
-def evaluate_flags(wildcards):
-    protocol = key_values(config.get("protocol", {}).get(wildcards.benchmark, {}))
-    flags = f"--dtype {config['dtype']} --set seed={config['seed']} {protocol}"
+def evaluate_flags(wildcards, benchmarks):
+    """dtype, seed, NF4 loading and the config's protocol overrides as ``BENCHMARK.KEY=VALUE``."""
+    overrides = {f"{b}.{k}": v for b in benchmarks for k, v in config.get("protocol", {}).get(b, {}).items()}
+    flags = f"--dtype {config['dtype']} --set seed={config['seed']} {key_values(overrides)}"
     return flags + (" --load-in-4bit" if method(wildcards.method).quantized else "")
 
 
-rule evaluate:
-    input:
-        model=evaluated_model,
-        adapters=adapters,
-        data=EVAL_DATA,
-    output:
-        "results/eval/{size}/{dataset}/{method}/{benchmark}.json",
-    log:
-        "logs/evaluate/{size}/{dataset}/{method}/{benchmark}.log",
-    benchmark:
-        "benchmarks/evaluate/{size}/{dataset}/{method}/{benchmark}.tsv"
-    wildcard_constraints:
-        dataset=f"flan|alpaca|tulu|{BASE}|{COMPOSED.replace('+', '[+]')}",
-    params:
-        flags=evaluate_flags,
-    threads: config.get("threads", 1)
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        ENV
-    shell:
-        "OMP_NUM_THREADS={threads} python -m spiel evaluate --model {input.model} --adapter {input.adapters} "
-        "--benchmark {wildcards.benchmark} --data {input.data} {params.flags} --out {output} > {log} 2>&1"
+for suffix, (datasets, benchmarks) in EVALUATIONS.items():
+
+    rule:
+        name:
+            f"evaluate_{suffix}"
+        input:
+            model=evaluated_model,
+            adapters=adapters,
+            data=expand(EVAL_DATA, benchmark=benchmarks),
+        output:
+            expand(EVAL, benchmark=benchmarks, allow_missing=True),
+        log:
+            "logs/evaluate/{size}/{dataset}/{method}.log",
+        benchmark:
+            "benchmarks/evaluate/{size}/{dataset}/{method}.tsv"
+        wildcard_constraints:
+            dataset=datasets,
+        params:
+            benchmarks=" ".join(benchmarks),
+            flags=lambda w, benchmarks=benchmarks: evaluate_flags(w, benchmarks),
+        threads: config.get("threads", 1)
+        resources:
+            mem_mb=8000,
+            runtime=240,
+        conda:
+            ENV
+        shell:
+            "OMP_NUM_THREADS={threads} python -m spiel evaluate --model {input.model} --adapter {input.adapters} "
+            "--benchmark {params.benchmarks} --data {input.data} {params.flags} --out {output} > {log} 2>&1"

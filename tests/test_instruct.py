@@ -1,0 +1,64 @@
+"""Instruction-tuning data: stand-ins, paper file formats, decontamination against evaluation items."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spiel.cli import main
+from spiel.data import TrainDataError
+from spiel.evaluate import sources
+from spiel.instruct import FLAN_FAMILIES, contaminated, decontaminate, eval_ngrams, rows_for, standin
+
+
+def test_standins_have_the_roles_of_the_paper_datasets():
+    flan, alpaca, tulu = (standin(name, n, seed=3) for name, n in (("flan", 36), ("alpaca", 20), ("tulu", 40)))
+    assert [len(x) for x in (flan, alpaca, tulu)] == [36, 20, 40]
+    assert {r["source"].split(":")[1] for r in flan} == set(FLAN_FAMILIES)  # one task per family, all used
+    assert {r["source"].split(":")[0] for r in alpaca} == {"codeio", "pydoc_data"}
+    assert any(len(r["messages"]) == 4 for r in tulu)  # two-turn conversations in the mixture
+    assert standin("flan", 36, seed=3) == flan  # seeded
+    for row in flan + alpaca + tulu:
+        assert "bigbench" not in row["source"] and "gsm" not in row["source"]
+
+
+def test_decontamination_drops_exactly_the_overlapping_examples(tmp_path):
+    question = "Which of the following is the body cavity that contains the pituitary gland in humans?"
+    eval_file = tmp_path / "mmlu.jsonl"
+    eval_file.write_text(json.dumps({"split": "test", "group": "anatomy", "question": question, "answer": "A"}) + "\n")
+    clean = {"messages": [{"role": "user", "content": "Name a gland."}, {"role": "assistant", "content": "Thyroid."}]}
+    leaked = {"messages": [{"role": "user", "content": f"Q: {question.upper()}"},
+                           {"role": "assistant", "content": "Cranial."}]}
+    kept, dropped = decontaminate([clean, leaked], [eval_file])
+    assert kept == [clean] and dropped == 1
+
+
+def test_default_training_data_is_disjoint_from_the_embedded_evaluation_items():
+    """No 13-gram (or whole short question) of MMLU or HumanEval items occurs in the default stand-ins."""
+    grams = eval_ngrams(sources.mmlu_from_lm_eval(3) + sources.humaneval_rows())
+    assert len(grams) > 10_000
+    for name, n in (("flan", 48), ("alpaca", 48), ("tulu", 96)):
+        assert not [r for r in standin(name, n, seed=42) if contaminated(r, grams)], name
+
+
+def test_paper_formats_and_a_malformed_line(tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Add.", "input": "2 3", "output": "5"}]))
+    assert rows_for("alpaca", {"source": "file", "path": str(alpaca)}, 0)[0]["messages"] == [
+        {"role": "user", "content": "Add.\n\n2 3"}, {"role": "assistant", "content": "5"}]
+    tulu = tmp_path / "tulu.jsonl"
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    tulu.write_text(json.dumps(good) + "\n" + '{"messages": [{"role": "user"\n')
+    with pytest.raises(TrainDataError, match=r"tulu\.jsonl:2: expected a JSON object"):
+        rows_for("tulu", {"source": "file", "path": str(tulu)}, 0)
+    assert main(["prepare-train", "--dataset", "tulu", "--source", "file", "--set", f"path={tulu}",
+                 "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_hub_dataset_not_cached_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TrainDataError, match=r"not available offline.*hf download"):
+        rows_for("tulu", {"source": "hub", "id": "allenai/tulu-v2-sft-mixture"}, 0)

@@ -1,0 +1,98 @@
+"""The Snakemake workflow: lint, dry-runs, config validation, the micro config end to end, a no-op rerun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _workdir(tmp: Path) -> Path:
+    """A copy of the workflow (results land in ``tmp``, never in the checkout)."""
+    for name in ("Snakefile", "workflow", "envs", "config", ".test"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp / name)
+    return tmp
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True)
+
+
+def test_lint_is_clean(tmp_path):
+    done = _snakemake(_workdir(tmp_path), "--lint")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Congratulations" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("configfile", [None, ".test/config.yaml"])
+def test_dry_run_of_every_config(tmp_path, configfile):
+    extra = ["--configfile", configfile] if configfile else []
+    done = _snakemake(_workdir(tmp_path), "-n", "results/table1.csv", "results/table2.csv", *extra)
+    assert done.returncode == 0, done.stderr
+    jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
+            if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code")}
+    # Table 1: 5 trained methods × 3 datasets; Table 2: 3 quantized methods × flan/alpaca
+    assert jobs["train"] == 15 + 6
+    # base + 5 Tülu models (+ the 4-bit base) on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
+    assert jobs == {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("trainig", {"epochs": 1}, "trainig"),                       # unknown key (typo)
+    ("training", {"epochs": "two"}, "epochs"),                    # wrong type
+    ("hyperparameters", {"lora": {"lr": 1e-4, "rnak": 8}}, "rnak"),
+])
+def test_bad_config_is_rejected_naming_the_key_before_any_job(tmp_path, key, value, message):
+    workdir = _workdir(tmp_path)
+    config = yaml.safe_load((workdir / ".test/config.yaml").read_text())
+    config[key] = value
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = _snakemake(workdir, "results/table1.csv", "--configfile", "bad.yaml")
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    workdir = _workdir(tmp_path_factory.mktemp("micro"))
+    done = _snakemake(workdir, "results/table1.csv", "--configfile", ".test/config.yaml")
+    assert done.returncode == 0, done.stderr[-5000:]
+    return workdir
+
+
+def test_micro_config_produces_table1_from_its_evaluation_files(micro):
+    table = pd.read_csv(micro / "results/table1.csv")
+    assert list(table["method"]) == ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]
+    paper = pd.read_csv(micro / "config/paper_results/table1.csv")
+    assert list(table.columns) == [c for c in paper.columns if c != "note"]
+    sources = json.loads((micro / "results/table1.json").read_text())["sources"]
+    for row in table.itertuples(index=False):
+        for column in table.columns[2:]:
+            key = f"{row.size}/{row.method}/{column}"
+            value = getattr(row, column)
+            if column == "tulu_plus_alpaca_humaneval" and row.method in ("Original", "FullIFT"):
+                assert pd.isna(value) and key not in sources  # blank, as in the paper
+                continue
+            evaluation = json.loads((micro / sources[key]).read_text())
+            assert value == round(evaluation["value"], 2)
+            assert evaluation["n_items"] > 0
+    composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"]).read_text())
+    assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
+    assert (micro / "results/table1.md").read_text().startswith("| Size | Method | Flan v2 MMLU")
+
+
+def test_second_run_on_a_finished_dag_does_nothing(micro):
+    done = _snakemake(micro, "results/table1.csv", "--configfile", ".test/config.yaml")
+    assert done.returncode == 0
+    assert "Nothing to be done" in done.stdout + done.stderr
