@@ -96,3 +96,10 @@ def test_second_run_on_a_finished_dag_does_nothing(micro):
     done = _snakemake(micro, "results/table1.csv", "--configfile", ".test/config.yaml")
     assert done.returncode == 0
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_conda_environment_pins_match_requirements():
+    requirements = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
+                    if line and not line.startswith("#") and line != "-e ."]
+    environment = yaml.safe_load((ROOT / "envs/spiel.yaml").read_text())
+    assert environment["dependencies"][-1]["pip"] == requirements

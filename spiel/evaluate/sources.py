@@ -15,20 +15,27 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
+import hashlib
+import html
 import importlib.util
 import json
+import os
 import random
 import re
 import subprocess
 import sys
 import tarfile
 import types
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..provenance import atomic_open
 
 Row = dict[str, Any]
 
@@ -50,23 +57,51 @@ def _lm_eval_tasks() -> Path:
     return Path(lm_eval.__file__).parent / "tasks"
 
 
+def _download_sdist(spec: str, dest: Path) -> None:
+    """Fetch ``name==version``'s source archive from the package index (PIP_INDEX_URL or PyPI), checking
+    its sha256. pip cannot: it prepares an sdist's metadata even with --no-deps, and refuses bigbench's
+    direct-URL dependency."""
+    name, version = spec.split("==")
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page_url = f"{index}/{re.sub(r'[-_.]+', '-', name).lower()}/"
+    try:
+        page = urllib.request.urlopen(page_url, timeout=60).read().decode()
+        wanted = {f"{name}-{version}.tar.gz", f"{name.replace('-', '_')}-{version}.tar.gz"}
+        links = [urllib.parse.urljoin(page_url, html.unescape(h)) for h in re.findall(r'href="([^"]+)"', page)]
+        url = next(u for u in links if u.split("#")[0].rsplit("/", 1)[-1] in wanted)
+        digest = hashlib.sha256()
+        target = dest / url.split("#")[0].rsplit("/", 1)[-1]
+        with urllib.request.urlopen(url, timeout=600) as response, atomic_open(target, "wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+            if "#sha256=" in url and digest.hexdigest() != url.split("#sha256=")[1]:
+                raise DataError(f"{url}: sha256 mismatch")
+    except (OSError, StopIteration) as error:
+        raise DataError(f"could not download the source archive of {spec} from {page_url} ({error}); "
+                        f"put it in {dest} by hand") from None
+
+
 def fetch_archive(spec: str, dest: Path, source: bool = False) -> Path:
-    """``pip download --no-deps spec`` into ``dest`` once (wheel, or the sdist with ``source``)."""
+    """Download ``spec`` (``name==version``) into ``dest`` once: its wheel (``pip download --no-deps``), or its
+    source archive with ``source``."""
     name = spec.split("==")[0].replace("-", "_").lower()
     dest.mkdir(parents=True, exist_ok=True)
 
     def matching() -> list[Path]:
-        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)
+                and not p.name.startswith(".")]
 
-    found = matching()
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest)]
-        cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise DataError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
-        found = matching()
-    return found[0]
+    if not matching():
+        if source:
+            _download_sdist(spec, dest)
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dest),
+                   "--only-binary", ":all:"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise DataError(f"pip download {spec} failed: {done.stderr.strip()[-400:]}")
+    return matching()[0]
 
 
 # --- MMLU -----------------------------------------------------------------------------------------
