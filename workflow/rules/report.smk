@@ -5,7 +5,8 @@ rule table:
     input:
         lambda w: table_inputs(w.table),
     output:
-        csv="results/{table}.csv",
+        csv=report("results/{table}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{table}"}),
         md="results/{table}.md",
         sources="results/{table}.json",
     log:
