@@ -34,7 +34,7 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("configfile", [None, ".test/config.yaml"])
+@pytest.mark.parametrize("configfile", [None, ".test/config.yaml", "config/paper.yaml"])
 def test_dry_run_of_every_config(tmp_path, configfile):
     extra = ["--configfile", configfile] if configfile else []
     done = _snakemake(_workdir(tmp_path), "-n", "results/table1.csv", "results/table2.csv", *extra)
@@ -42,9 +42,22 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
             if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code")}
     # Table 1: 5 trained methods × 3 datasets; Table 2: 3 quantized methods × flan/alpaca
-    assert jobs["train"] == 15 + 6
-    # base + 5 Tülu models (+ the 4-bit base) on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
-    assert jobs == {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
+    sizes = 2 if configfile == "config/paper.yaml" else 1
+    # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base,
+    # 5 Tülu models and the 4-bit base on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
+    expected = {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
+    assert jobs == {k: v * sizes for k, v in expected.items()}
+
+
+def test_paper_model_not_in_the_local_cache_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from spiel.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["prepare-model", "--source", "hub", "--set", "id=meta-llama/Llama-2-7b-hf",
+                 "--out", str(tmp_path / "7b")]) == 2
+    assert "hf download meta-llama/Llama-2-7b-hf" in capsys.readouterr().err
+    assert not (tmp_path / "7b").exists()
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
