@@ -86,7 +86,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for proto, data, out in zip(protocols, args.data, args.out, strict=True):
         lm.batch_size_per_gpu = proto.batch_size
         result = run(lm, Path(data), proto, truncate)
-        result.update(model=str(args.model), adapters=[str(a) for a in args.adapter])
+        result.update(model=str(args.model), adapters=[str(a) for a in args.adapter], dtype=args.dtype,
+                      load_in_4bit=args.load_in_4bit)
         write_json_atomic(result, out)
         print(json.dumps({k: result[k] for k in ("benchmark", "metric", "value", "stderr", "n_items",
                                                  "items_per_second")}), flush=True)

@@ -79,34 +79,42 @@ def test_bad_config_is_rejected_naming_the_key_before_any_job(tmp_path, key, val
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     workdir = _workdir(tmp_path_factory.mktemp("micro"))
-    done = _snakemake(workdir, "results/table1.csv", "--configfile", ".test/config.yaml")
+    done = _snakemake(workdir, "--configfile", ".test/config.yaml")  # rule all: Tables 1 and 2
     assert done.returncode == 0, done.stderr[-5000:]
     return workdir
 
 
-def test_micro_config_produces_table1_from_its_evaluation_files(micro):
-    table = pd.read_csv(micro / "results/table1.csv")
-    assert list(table["method"]) == ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]
-    paper = pd.read_csv(micro / "config/paper_results/table1.csv")
+@pytest.mark.parametrize(("name", "methods"), [
+    ("table1", ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]),
+    ("table2", ["Original (4-bit)", "qLoRA", "qSpIEL-AG", "qSpIEL-MA"]),
+])
+def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, name, methods):
+    table = pd.read_csv(micro / f"results/{name}.csv")
+    assert list(table["method"]) == methods
+    paper = pd.read_csv(micro / f"config/paper_results/{name}.csv")
     assert list(table.columns) == [c for c in paper.columns if c != "note"]
-    sources = json.loads((micro / "results/table1.json").read_text())["sources"]
+    sources = json.loads((micro / f"results/{name}.json").read_text())["sources"]
     for row in table.itertuples(index=False):
         for column in table.columns[2:]:
             key = f"{row.size}/{row.method}/{column}"
             value = getattr(row, column)
-            if column == "tulu_plus_alpaca_humaneval" and row.method in ("Original", "FullIFT"):
+            if name == "table1" and column == "tulu_plus_alpaca_humaneval" and row.method in ("Original", "FullIFT"):
                 assert pd.isna(value) and key not in sources  # blank, as in the paper
                 continue
             evaluation = json.loads((micro / sources[key]).read_text())
             assert value == round(evaluation["value"], 2)
             assert evaluation["n_items"] > 0
-    composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"]).read_text())
-    assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
-    assert (micro / "results/table1.md").read_text().startswith("| Size | Method | Flan v2 MMLU")
+    assert (micro / f"results/{name}.md").read_text().startswith("| Size | Method | Flan v2 MMLU")
+    if name == "table1":
+        composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"]).read_text())
+        assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
+    else:
+        qlora = json.loads((micro / sources["tiny/qLoRA/flan_mmlu"]).read_text())
+        assert len(qlora["adapters"]) == 1 and qlora["load_in_4bit"]  # applied on the NF4-loaded base
 
 
 def test_second_run_on_a_finished_dag_does_nothing(micro):
-    done = _snakemake(micro, "results/table1.csv", "--configfile", ".test/config.yaml")
+    done = _snakemake(micro, "--configfile", ".test/config.yaml")
     assert done.returncode == 0
     assert "Nothing to be done" in done.stdout + done.stderr
 
