@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import zipfile
 
 import pytest
 import torch
@@ -125,24 +124,16 @@ def test_bbh_and_squad_from_a_bigbench_archive(model_dir, tmp_path):
         sources.bbh_from_bigbench(archive, ["web_of_lies"])
 
 
-def test_gsm_from_a_reasoning_gym_wheel_without_its_package_init(tmp_path):
-    wheel = tmp_path / "reasoning_gym-0.1.25-py3-none-any.whl"
-    generator = ("from reasoning_gym.utils import format_number\n\n"
-                 "def generate_{n}(rng, difficulty=1.0):\n    a = rng.randint(1, 9)\n"
-                 "    return {{'question': f'{n}: {{a}} + {n}?', 'answer': format_number(a + {n})}}\n")
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("reasoning_gym/__init__.py", "raise ImportError('the package init must not run')")
-        archive.writestr("reasoning_gym/utils.py", "def format_number(x):\n    return str(int(x))\n")
-        base = "reasoning_gym/arithmetic/gsm_symbolic/"
-        archive.writestr(base + "gsm_symbolic.py", "import heavy_dependency\ntasks_ok = [3]\n")
-        archive.writestr(base + "generators_00_49.py", generator.format(n=3) + generator.format(n=4))
-        archive.writestr(base + "generators_50_99.py", "")
-    rows = sources.gsm_from_reasoning_gym(wheel, 6, seed=1)
+def test_gsm_from_reasoning_gym_templates():
+    from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import tasks_ok
+
+    rows = sources.gsm_from_reasoning_gym(6, seed=1)
     items = [r for r in rows if r["split"] == "test"]
-    assert len(items) == 6 and all(r["question"].startswith("3: ") for r in items)  # only tasks_ok
-    assert all(int(r["answer"]) == int(r["question"].split()[1]) + 3 for r in items)
+    assert len(items) == 6 and all(int(r["source"].rsplit(" ", 1)[1]) in tasks_ok for r in items)  # only tasks_ok
+    assert all(r["answer"].lstrip("-").replace(".", "", 1).isdigit() for r in items)
     assert sum(r["split"] == "shot" for r in rows) == 8
-    assert rows == sources.gsm_from_reasoning_gym(wheel, 6, seed=1)  # seeded
+    assert rows == sources.gsm_from_reasoning_gym(6, seed=1)  # seeded
+    assert rows != sources.gsm_from_reasoning_gym(6, seed=2)
 
 
 def test_two_spiel_adapters_compose_as_the_sum_of_their_deltas(model_dir, tmp_path):

