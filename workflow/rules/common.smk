@@ -1,14 +1,12 @@
 """Helpers only: paths, the cells that Tables 1 and 2 need, and the settings each job receives."""
 
+import json
 import shlex
-
-import yaml
 
 from spiel.methods import method
 from spiel.report.tables import BASE, COMPOSED, cells
 
 SIZES = list(config["models"])
-DATASETS = ["flan", "alpaca", "tulu"]
 BENCHMARKS = ["mmlu", "gsm", "bbh", "tydiqa", "humaneval"]
 CACHE = config.get("cache", "resources/archives")
 ENV = "../../envs/spiel.yaml"
@@ -28,9 +26,9 @@ wildcard_constraints:
 
 
 def key_values(mapping):
-    """``KEY=VALUE`` arguments (values as YAML, shell-quoted) for the CLI's --set / --hp options."""
-    return " ".join(shlex.quote(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
-                    for k, v in mapping.items())
+    """``KEY=VALUE`` arguments for the CLI's --set / --hp options: values as JSON (one line, read back as YAML),
+    shell-quoted."""
+    return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in mapping.items())
 
 
 def hyperparameters(wildcards):
