@@ -39,3 +39,4 @@ rule all:
     input:
         "results/table1.csv",
         "results/table2.csv",
+        "results/figure2.png",

@@ -131,6 +131,13 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(frame.to_string(index=False))
 
 
+def cmd_figure2(args: argparse.Namespace) -> None:
+    from .report.figures import figure2
+
+    adapters = dict(pair.split("=", 1) for pair in args.adapter)
+    print(figure2(adapters, args.out).to_string())
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m spiel", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -211,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--root", default="results/eval")
     tb.add_argument("--out", required=True)
     tb.set_defaults(func=cmd_table)
+
+    f2 = commands.add_parser("figure2", help="Figure 2: age of the converged SpIEL indices",
+                             description="Plot the proportion of each SpIEL adapter's indices by the step at which "
+                                         "they were last grown; writes OUT (PNG) and its .pdf and .csv twins.")
+    f2.add_argument("--adapter", nargs="+", required=True, metavar="LABEL=FOLDER")
+    f2.add_argument("--out", required=True)
+    f2.set_defaults(func=cmd_figure2)
     return root
 
 

@@ -124,3 +124,15 @@ def test_conda_environment_pins_match_requirements():
                     if line and not line.startswith("#") and line != "-e ."]
     environment = yaml.safe_load((ROOT / "envs/spiel.yaml").read_text())
     assert environment["dependencies"][-1]["pip"] == requirements
+
+
+def test_micro_config_draws_figure2_from_its_flan_adapters(micro):
+    from spiel.report.figures import index_ages
+
+    data = pd.read_csv(micro / "results/figure2.csv", index_col="step")
+    assert list(data.columns) == ["SpIEL-AG tiny", "SpIEL-MA tiny"]
+    for label, method in (("SpIEL-AG tiny", "spiel-ag"), ("SpIEL-MA tiny", "spiel-ma")):
+        ages = index_ages(micro / f"results/adapters/tiny/flan/{method}")
+        assert data[label].loc[ages.index].tolist() == pytest.approx(ages.tolist())
+        assert data[label].sum() == pytest.approx(1.0)
+    assert (micro / "results/figure2.pdf").stat().st_size > 1000

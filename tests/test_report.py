@@ -1,0 +1,58 @@
+"""Report outputs: Figure 2's plotted data equal the saved index ages, and the table layout."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_llama
+
+from spiel.report.figures import figure2, index_ages
+from spiel.report.tables import cells, column_name, markdown
+from spiel.tuner import SpielConfig, get_spiel_model
+
+
+def _adapter(folder, ages_per_tensor):
+    """A SpIEL adapter whose every tensor's ``grown_at`` is a fixed pattern, cycled over its entries."""
+    model = get_spiel_model(tiny_llama(), SpielConfig(lora_rank=2))
+    total: dict[int, int] = {}
+    with torch.no_grad():
+        for delta in model.deltas().values():
+            pattern = torch.tensor(ages_per_tensor, dtype=torch.int32).repeat(len(delta) // len(ages_per_tensor) + 1)
+            delta.grown_at.copy_(pattern[:len(delta)])
+            for step, count in zip(*delta.grown_at.unique(return_counts=True), strict=True):
+                total[int(step)] = total.get(int(step), 0) + int(count)
+    model.save_pretrained(folder)
+    return {step: count / sum(total.values()) for step, count in sorted(total.items())}
+
+
+def test_figure2_plots_the_proportion_of_indices_by_the_step_they_were_grown(tmp_path):
+    expected_ag = _adapter(tmp_path / "ag", [0, 5, 5, 10])
+    assert _adapter(tmp_path / "ma", [5]) == {5: 1.0}
+    assert index_ages(tmp_path / "ag").to_dict() == pytest.approx(expected_ag)
+    data = figure2({"SpIEL-AG": tmp_path / "ag", "SpIEL-MA": tmp_path / "ma"}, tmp_path / "fig" / "figure2.png")
+    assert list(data.columns) == ["SpIEL-AG", "SpIEL-MA"] and list(data.index) == [0, 5, 10]
+    assert data["SpIEL-MA"].tolist() == [0.0, 1.0, 0.0]
+    written = pd.read_csv(tmp_path / "fig" / "figure2.csv", index_col="step")
+    assert written["SpIEL-AG"].to_dict() == pytest.approx(expected_ag)
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / "fig" / f"figure2{suffix}").stat().st_size > 1000
+
+
+def test_figure2_rejects_a_folder_without_spiel_ages(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no SpIEL index ages"):
+        index_ages(tmp_path)
+
+
+def test_table_cells_and_markdown_follow_the_paper_layout():
+    table1 = cells("table1", ["7b"], ["original", "full", "lora"])
+    composed = [c for c in table1 if column_name(c.dataset, c.benchmark) == "tulu_plus_alpaca_humaneval"]
+    assert [c.method for c in composed] == ["lora"]  # blank for Original and FullIFT, as in the paper
+    assert {str(c.path()) for c in table1 if c.method == "original"} == {
+        f"results/eval/7b/base/original/{b}.json" for b in ("mmlu", "tydiqa", "humaneval", "gsm", "bbh")}
+    frame = pd.DataFrame([{"size": "7b", "method": "LoRA", "flan_mmlu": 49.3, "tulu_plus_alpaca_humaneval": None}])
+    assert markdown(frame).splitlines()[0] == "| Size | Method | Flan v2 MMLU | Tülu v2 + GPT4-Alpaca HumanEval |"
+    assert markdown(frame).splitlines()[2] == "| 7b | LoRA | 49.3 |  |"
