@@ -33,6 +33,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/ablation.smk"
 
 
 rule all:
@@ -40,3 +41,4 @@ rule all:
         "results/table1.csv",
         "results/table2.csv",
         "results/figure2.png",
+        ["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else [],

@@ -116,19 +116,30 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
     print(f"{args.out}: {prepare_model(spec, Path(args.out), Path(args.cache))}")
 
 
-def cmd_table(args: argparse.Namespace) -> None:
+def _write_table(frame, markdown_text: str, record: dict, out: Path) -> None:
+    """``out`` (CSV), its .md and .json (sources and provenance) twins, each written atomically."""
     from .provenance import atomic_open, git_commit, package_versions, write_json_atomic
-    from .report.tables import build, markdown
 
-    frame, sources = build(args.table, args.sizes, args.methods, args.root)
-    out = Path(args.out)
     with atomic_open(out) as stream:
         frame.to_csv(stream, index=False)
     with atomic_open(out.with_suffix(".md")) as stream:
-        stream.write(markdown(frame))
-    write_json_atomic({"table": args.table, "sources": sources, "git_commit": git_commit(),
-                       "versions": package_versions()}, out.with_suffix(".json"))
+        stream.write(markdown_text)
+    write_json_atomic({**record, "git_commit": git_commit(), "versions": package_versions()}, out.with_suffix(".json"))
     print(frame.to_string(index=False))
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from .report.tables import build, markdown
+
+    frame, sources = build(args.table, args.sizes, args.methods, args.root)
+    _write_table(frame, markdown(frame), {"table": args.table, "sources": sources}, Path(args.out))
+
+
+def cmd_table5(args: argparse.Namespace) -> None:
+    from .report.tables import build_table5, markdown_table5
+
+    frame, sources = build_table5(args.root, args.schedules, args.intervals)
+    _write_table(frame, markdown_table5(frame), {"table": "table5", "sources": sources}, Path(args.out))
 
 
 def cmd_figure2(args: argparse.Namespace) -> None:
@@ -218,6 +229,15 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--root", default="results/eval")
     tb.add_argument("--out", required=True)
     tb.set_defaults(func=cmd_table)
+
+    t5 = commands.add_parser("table5", help="build Table 5 (schedule × update interval) from evaluation files",
+                             description="Read ROOT/{schedule}-S{interval}/{mmlu,tydiqa}.json; write OUT (CSV) and "
+                                         "its .md and .json twins.")
+    t5.add_argument("--root", required=True)
+    t5.add_argument("--schedules", nargs="+", required=True)
+    t5.add_argument("--intervals", nargs="+", type=int, required=True)
+    t5.add_argument("--out", required=True)
+    t5.set_defaults(func=cmd_table5)
 
     f2 = commands.add_parser("figure2", help="Figure 2: age of the converged SpIEL indices",
                              description="Plot the proportion of each SpIEL adapter's indices by the step at which "

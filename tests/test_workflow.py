@@ -37,16 +37,20 @@ def test_lint_is_clean(tmp_path):
 @pytest.mark.parametrize("configfile", [None, ".test/config.yaml", "config/paper.yaml"])
 def test_dry_run_of_every_config(tmp_path, configfile):
     extra = ["--configfile", configfile] if configfile else []
-    done = _snakemake(_workdir(tmp_path), "-n", "results/table1.csv", "results/table2.csv", *extra)
+    done = _snakemake(_workdir(tmp_path), "-n", *extra)  # rule all
     assert done.returncode == 0, done.stderr
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
-            if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code")}
+            if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code",
+                                                    "train_ablation", "evaluate_ablation")}
     # Table 1: 5 trained methods × 3 datasets; Table 2: 3 quantized methods × flan/alpaca
     sizes = 2 if configfile == "config/paper.yaml" else 1
     # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base,
     # 5 Tülu models and the 4-bit base on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
     expected = {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
-    assert jobs == {k: v * sizes for k, v in expected.items()}
+    # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each
+    ablations = 8 if configfile == "config/paper.yaml" else 4
+    assert jobs == {**{k: v * sizes for k, v in expected.items()}, "train_ablation": ablations,
+                    "evaluate_ablation": ablations}
 
 
 def test_paper_model_not_in_the_local_cache_says_what_to_do(tmp_path, monkeypatch, capsys):
@@ -136,3 +140,17 @@ def test_micro_config_draws_figure2_from_its_flan_adapters(micro):
         assert data[label].loc[ages.index].tolist() == pytest.approx(ages.tolist())
         assert data[label].sum() == pytest.approx(1.0)
     assert (micro / "results/figure2.pdf").stat().st_size > 1000
+
+
+def test_micro_config_produces_table5_from_its_evaluation_files(micro):
+    table = pd.read_csv(micro / "results/table5.csv")
+    assert list(table.columns) == list(pd.read_csv(micro / "config/paper_results/table5.csv").columns)
+    assert list(zip(table["schedule"], table["update_every_steps"], strict=True)) == [
+        ("linear", 1), ("linear", 2), ("cosine", 1), ("cosine", 2)]
+    sources = json.loads((micro / "results/table5.json").read_text())["sources"]
+    for row in table.itertuples(index=False):
+        for benchmark in ("mmlu", "tydiqa"):
+            path = micro / sources[f"{row.schedule}/{row.update_every_steps}/{benchmark}"]
+            assert getattr(row, benchmark) == round(json.loads(path.read_text())["value"], 2)
+    summary = json.loads((micro / "results/ablation/tiny/cosine-S2/adapter/train_summary.json").read_text())
+    assert summary["config"]["hp"]["schedule"] == "cosine" and summary["config"]["hp"]["update_interval"] == 2

@@ -87,3 +87,25 @@ def markdown(frame: pd.DataFrame) -> str:
         values = [str(row[0]), str(row[1])] + ["" if pd.isna(v) else f"{v:.1f}" for v in row[2:]]
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def build_table5(root: str | Path, schedules: list[str], intervals: list[int]
+                 ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Table 5: one row per (schedule, S) with MMLU and TyDiQA from ``root/{schedule}-S{S}/{benchmark}.json``."""
+    rows, sources = [], {}
+    for schedule in schedules:
+        for interval in intervals:
+            row: dict = {"schedule": schedule, "update_every_steps": interval}
+            for benchmark in ("mmlu", "tydiqa"):
+                path = Path(root) / f"{schedule}-S{interval}" / f"{benchmark}.json"
+                row[benchmark] = round(json.loads(path.read_text())["value"], 2)
+                sources[f"{schedule}/{interval}/{benchmark}"] = str(path)
+            rows.append(row)
+    return pd.DataFrame(rows), sources
+
+
+def markdown_table5(frame: pd.DataFrame) -> str:
+    lines = ["| Schedule | S | MMLU | TyDiQA |", "|---|---|---|---|"]
+    lines += [f"| {r.schedule} | {r.update_every_steps} | {r.mmlu:.1f} | {r.tydiqa:.1f} |"
+              for r in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -31,13 +31,15 @@ def key_values(mapping):
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in mapping.items())
 
 
-def hyperparameters(wildcards):
-    """The method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters."""
-    base = config.get("hyperparameters", {}).get(wildcards.method, {})
-    per_size = config["models"][wildcards.size].get("hyperparameters", {}).get(wildcards.method, {})
-    merged = {**base, **per_size}
+def hyperparameters(wildcards, name=None, **overrides):
+    """The method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
+    ``overrides`` (ablations)."""
+    name = name or wildcards.method
+    base = config.get("hyperparameters", {}).get(name, {})
+    per_size = config["models"][wildcards.size].get("hyperparameters", {}).get(name, {})
+    merged = {**base, **per_size, **overrides}
     if "lr" not in merged:
-        raise ValueError(f"hyperparameters.{wildcards.method}.lr: no learning rate configured")
+        raise ValueError(f"hyperparameters.{name}.lr: no learning rate configured")
     return key_values(merged)
 
 

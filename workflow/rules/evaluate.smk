@@ -28,11 +28,11 @@ def adapters(wildcards):
     return [ADAPTER.format(**wildcards)]
 
 
-def evaluate_flags(wildcards, benchmarks):
+def evaluate_flags(wildcards, benchmarks, name=None):
     """dtype, seed, NF4 loading and the config's protocol overrides as ``BENCHMARK.KEY=VALUE``."""
     overrides = {f"{b}.{k}": v for b in benchmarks for k, v in config.get("protocol", {}).get(b, {}).items()}
     flags = f"--dtype {config['dtype']} --set seed={config['seed']} {key_values(overrides)}"
-    return flags + (" --load-in-4bit" if method(wildcards.method).quantized else "")
+    return flags + (" --load-in-4bit" if method(name or wildcards.method).quantized else "")
 
 
 for suffix, (datasets, benchmarks) in EVALUATIONS.items():

@@ -16,6 +16,7 @@ rule train:
         settings=lambda w: key_values({**config.get("training", {}), "seed": config["seed"],
                                        "dtype": config["dtype"]}),
         hp=hyperparameters,
+        method=lambda w: w.method,
     threads: config.get("threads", 1)
     resources:
         mem_mb=8000,
@@ -23,6 +24,6 @@ rule train:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m spiel train --model {input.model} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} python -m spiel train --model {input.model} --method {params.method} "
         "--data {input.data} --out {output} --work {params.work} --set {params.settings} --hp {params.hp} "
         "> {log} 2>&1"

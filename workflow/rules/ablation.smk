@@ -1,0 +1,72 @@
+"""Table 5 (App. C): SpIEL-AG on Flan v2 with the linear or cosine drop/grow schedule × update interval S,
+scored on MMLU and TyDiQA. The training and evaluation rules are reused with ablation paths and overrides."""
+
+ABLATION = config.get("ablation", {})
+ABLATION_ADAPTER = "results/ablation/{size}/{schedule}-S{interval}/adapter"
+ABLATION_EVAL = "results/ablation/{size}/{schedule}-S{interval}/{benchmark}.json"
+
+
+use rule train as train_ablation with:
+    input:
+        model=MODEL,
+        data=TRAIN_DATA.format(dataset="flan"),
+    output:
+        directory(ABLATION_ADAPTER),
+    log:
+        "logs/ablation/{size}/{schedule}-S{interval}/train.log",
+    benchmark:
+        "benchmarks/ablation/{size}/{schedule}-S{interval}/train.tsv"
+    wildcard_constraints:
+        schedule="linear|cosine",
+        interval="[0-9]+",
+    params:
+        work="results/work/ablation/{size}/{schedule}-S{interval}",
+        settings=lambda w: key_values({**config.get("training", {}), "seed": config["seed"],
+                                       "dtype": config["dtype"]}),
+        hp=lambda w: hyperparameters(w, "spiel-ag", schedule=w.schedule, update_interval=int(w.interval)),
+        method="spiel-ag",
+
+
+use rule evaluate_flan as evaluate_ablation with:
+    input:
+        model=MODEL,
+        adapters=ABLATION_ADAPTER,
+        data=expand(EVAL_DATA, benchmark=["mmlu", "tydiqa"]),
+    output:
+        expand(ABLATION_EVAL, benchmark=["mmlu", "tydiqa"], allow_missing=True),
+    log:
+        "logs/ablation/{size}/{schedule}-S{interval}/evaluate.log",
+    benchmark:
+        "benchmarks/ablation/{size}/{schedule}-S{interval}/evaluate.tsv"
+    wildcard_constraints:
+        schedule="linear|cosine",
+        interval="[0-9]+",
+    params:
+        benchmarks="mmlu tydiqa",
+        flags=lambda w: evaluate_flags(w, ["mmlu", "tydiqa"], "spiel-ag"),
+
+
+rule table5:
+    input:
+        expand(ABLATION_EVAL, size=ABLATION.get("size", SIZES[0]),
+               schedule=ABLATION.get("schedules", []), interval=ABLATION.get("update_intervals", []),
+               benchmark=["mmlu", "tydiqa"]),
+    output:
+        csv=report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
+        md="results/table5.md",
+        sources="results/table5.json",
+    log:
+        "logs/report/table5.log",
+    params:
+        root=lambda w: f"results/ablation/{ABLATION.get('size', SIZES[0])}",
+        schedules=" ".join(ABLATION.get("schedules", [])),
+        intervals=" ".join(str(i) for i in ABLATION.get("update_intervals", [])),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    shell:
+        "python -m spiel table5 --root {params.root} --schedules {params.schedules} "
+        "--intervals {params.intervals} --out {output.csv} > {log} 2>&1"
