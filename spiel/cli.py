@@ -12,14 +12,20 @@ import yaml
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
 
-def _key_values(pairs: list[str]) -> dict:
+def _pairs(pairs: list[str], option: str = "--set") -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict of strings; a pair without ``=`` is an error naming the option."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
-        values[key] = yaml.safe_load(value)
+            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE")
+        values[key] = value
     return values
+
+
+def _key_values(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` arguments with each value read as YAML."""
+    return {key: yaml.safe_load(value) for key, value in _pairs(pairs).items()}
 
 
 def cmd_prepare_eval(args: argparse.Namespace) -> None:
@@ -145,7 +151,7 @@ def cmd_table5(args: argparse.Namespace) -> None:
 def cmd_figure2(args: argparse.Namespace) -> None:
     from .report.figures import figure2
 
-    adapters = dict(pair.split("=", 1) for pair in args.adapter)
+    adapters = _pairs(args.adapter, "--adapter")
     print(figure2(adapters, args.out).to_string())
 
 
@@ -197,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     tr = commands.add_parser("train", help="train one method on one instruction dataset",
                              description="Fine-tune a local model with one method (full, ia3, lora, qlora, "
                                          "spiel-ag, spiel-ma, qspiel-ag, qspiel-ma); resumes from "
-                                         "OUT/checkpoint.pt when present.")
+                                         "WORK/checkpoint.pt (WORK defaults to OUT) when present.")
     tr.add_argument("--model", required=True, help="local Hugging Face model folder")
     tr.add_argument("--method", required=True)
     tr.add_argument("--data", required=True, help='JSONL of {"messages": [{"role", "content"}, ...]}')

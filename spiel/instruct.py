@@ -168,10 +168,11 @@ def eval_ngrams(rows: Iterable[dict[str, Any]], n: int = NGRAM, min_words: int =
     return grams
 
 
-def contaminated(conversation: Conversation, grams: set[tuple[str, ...]]) -> bool:
-    """Whether any word window of the conversation is one of the evaluation n-grams."""
+def contaminated(conversation: Conversation, grams: set[tuple[str, ...]], sizes: set[int] | None = None) -> bool:
+    """Whether any word window of the conversation is one of the evaluation n-grams (``sizes``: their lengths,
+    computed from ``grams`` unless the caller checking many conversations passes them once)."""
     words = _words(" ".join(m["content"] for m in conversation["messages"]))
-    sizes = {len(g) for g in grams}
+    sizes = {len(g) for g in grams} if sizes is None else sizes
     return any(tuple(words[i:i + size]) in grams for size in sizes for i in range(len(words) - size + 1))
 
 
@@ -181,7 +182,8 @@ def decontaminate(rows: list[Conversation], eval_files: list[Path]) -> tuple[lis
     for path in eval_files:
         with path.open() as handle:
             grams |= eval_ngrams(json.loads(line) for line in handle if line.strip())
-    kept = [row for row in rows if not contaminated(row, grams)]
+    sizes = {len(g) for g in grams}
+    kept = [row for row in rows if not contaminated(row, grams, sizes)]
     return kept, len(rows) - len(kept)
 
 

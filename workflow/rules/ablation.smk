@@ -21,8 +21,7 @@ use rule train as train_ablation with:
         interval="[0-9]+",
     params:
         work="results/work/ablation/{size}/{schedule}-S{interval}",
-        settings=lambda w: key_values({**config.get("training", {}), "seed": config["seed"],
-                                       "dtype": config["dtype"]}),
+        settings=TRAINING_SETTINGS,
         hp=lambda w: hyperparameters(w, "spiel-ag", schedule=w.schedule, update_interval=int(w.interval)),
         method="spiel-ag",
 

@@ -31,6 +31,10 @@ def key_values(mapping):
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in mapping.items())
 
 
+TRAINING_SETTINGS = key_values({**config.get("training", {}), "seed": config["seed"], "dtype": config["dtype"]})
+"""The one training loop's settings (App. B), the same for every training job."""
+
+
 def hyperparameters(wildcards, name=None, **overrides):
     """The method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
     ``overrides`` (ablations)."""

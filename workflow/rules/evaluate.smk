@@ -15,7 +15,7 @@ EVALUATIONS = {
 
 def evaluated_model(wildcards):
     """A FullIFT run is its own model; every other method evaluates on the base model."""
-    if wildcards.method == "full":
+    if method(wildcards.method).kind == "full":
         return ADAPTER.format(**wildcards)
     return MODEL.format(size=wildcards.size)
 

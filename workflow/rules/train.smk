@@ -13,8 +13,7 @@ rule train:
         "benchmarks/train/{size}/{dataset}/{method}.tsv"
     params:
         work="results/work/{size}/{dataset}/{method}",
-        settings=lambda w: key_values({**config.get("training", {}), "seed": config["seed"],
-                                       "dtype": config["dtype"]}),
+        settings=TRAINING_SETTINGS,
         hp=hyperparameters,
         method=lambda w: w.method,
     threads: config.get("threads", 1)
