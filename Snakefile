@@ -1,4 +1,4 @@
-"""SpIEL replication pipeline: data → training → evaluation → Tables 1 and 2 (Ansell et al., 2024).
+"""SpIEL replication pipeline: data → search → training → evaluation → Tables 1–5, Figures 2 and 4 (Ansell et al., 2024).
 
 `snakemake --cores all results/table1.csv` runs the embedded offline default (config/config.yaml);
 `--configfile config/paper.yaml` the paper's LLaMA-2 setting. Rules live in workflow/rules/.
@@ -34,6 +34,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:
@@ -42,3 +43,4 @@ rule all:
         "results/table2.csv",
         "results/figure2.png",
         ["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else [],
+        ["results/table4.csv", "results/figure4.png"] if GRID else [],

@@ -109,7 +109,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     unknown = sorted(set(settings) - names)
     if unknown:
         raise ValueError(f"--set: unknown training key(s) {unknown}; valid: {sorted(names)}")
-    config = TrainConfig(**settings, hp=_key_values(args.hp))
+    hp = _key_values(args.hp)
+    for path in args.hp_file:
+        hp.update(json.loads(Path(path).read_text())["selected"])
+    config = TrainConfig(**settings, hp=hp)
     summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config,
                     work=Path(args.work) if args.work else None)
     print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
@@ -146,6 +149,41 @@ def cmd_table5(args: argparse.Namespace) -> None:
 
     frame, sources = build_table5(args.root, args.schedules, args.intervals)
     _write_table(frame, markdown_table5(frame), {"table": "table5", "sources": sources}, Path(args.out))
+
+
+def _selections(pairs: list[str]) -> dict[tuple[str, str], str]:
+    """``SIZE/METHOD=FILE`` arguments as {(size, method): file}."""
+    out = {}
+    for key, path in _pairs(pairs, "--selected").items():
+        size, sep, name = key.partition("/")
+        if not sep:
+            raise ValueError(f"--selected {key}={path}: expected SIZE/METHOD=FILE")
+        out[size, name] = path
+    return out
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from .provenance import write_json_atomic
+    from .search import select
+
+    grid = json.loads(args.grid)
+    record = select(grid, _pairs(args.point, "--point"), args.stage, args.stage1)
+    write_json_atomic({"method": args.method, "stage": args.stage, "grid": grid, **record}, args.out)
+    print(json.dumps({k: record[k] for k in ("selected", "label", "score")}))
+
+
+def cmd_table4(args: argparse.Namespace) -> None:
+    from .report.tables import build_table4, markdown_table4
+
+    full = {size: float(lr) for size, lr in _pairs(args.full, "--full").items()}
+    frame, sources = build_table4(_selections(args.selected), full)
+    _write_table(frame, markdown_table4(frame), {"table": "table4", "sources": sources}, Path(args.out))
+
+
+def cmd_figure4(args: argparse.Namespace) -> None:
+    from .report.figures import figure4
+
+    print(figure4(_selections(args.selected), args.out).drop(columns="file").to_string(index=False))
 
 
 def cmd_figure2(args: argparse.Namespace) -> None:
@@ -214,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
                          "seed, checkpoint_every, gradient_checkpointing, dtype")
     tr.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE",
                     help="method hyperparameters: lr, rank, weight_decay, update_interval, schedule, grad_mode")
+    tr.add_argument("--hp-file", nargs="*", default=[], metavar="JSON",
+                    help="search selections (`select` output): their hyperparameters override --hp, in order")
     tr.set_defaults(func=cmd_train)
 
     pm = commands.add_parser("prepare-model", help="make a base model available as a local folder",
@@ -244,6 +284,32 @@ def parser() -> argparse.ArgumentParser:
     t5.add_argument("--intervals", nargs="+", type=int, required=True)
     t5.add_argument("--out", required=True)
     t5.set_defaults(func=cmd_table5)
+
+    se = commands.add_parser("select", help="pick the best grid point of a hyperparameter search (App. D)",
+                             description="Read each point's MMLU dev result; write the selection (ties: first "
+                                         "in grid order) with every scored point.")
+    se.add_argument("--method", required=True)
+    se.add_argument("--grid", required=True, help="the method's grid as JSON: lr, rank, weight_decay, lambda_rank")
+    se.add_argument("--point", nargs="+", required=True, metavar="LABEL=FILE")
+    se.add_argument("--stage", choices=["1", "final"], default="final",
+                    help="1: the learning rate for the λ search; final: the setting used everywhere else")
+    se.add_argument("--stage1", help="stage 1's selection (the learning rate of the λ points)")
+    se.add_argument("--out", required=True)
+    se.set_defaults(func=cmd_select)
+
+    t4 = commands.add_parser("table4", help="build Table 4 (selected hyperparameters) from the search",
+                             description="Write OUT (CSV laid out like the paper's Table 4) and its .md/.json twins.")
+    t4.add_argument("--selected", nargs="+", required=True, metavar="SIZE/METHOD=FILE")
+    t4.add_argument("--full", nargs="*", default=[], metavar="SIZE=LR", help="Full FT's (unsearched) learning rate")
+    t4.add_argument("--out", required=True)
+    t4.set_defaults(func=cmd_table4)
+
+    f4 = commands.add_parser("figure4", help="Figure 4: the hyperparameter search results",
+                             description="Plot MMLU dev against learning rate (per rank) and λ, one panel per "
+                                         "method and size; writes OUT (PNG) and its .pdf and .csv twins.")
+    f4.add_argument("--selected", nargs="+", required=True, metavar="SIZE/METHOD=FILE")
+    f4.add_argument("--out", required=True)
+    f4.set_defaults(func=cmd_figure4)
 
     f2 = commands.add_parser("figure2", help="Figure 2: age of the converged SpIEL indices",
                              description="Plot the proportion of each SpIEL adapter's indices by the step at which "

@@ -41,15 +41,20 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     assert done.returncode == 0, done.stderr
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
             if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code",
-                                                    "train_ablation", "evaluate_ablation")}
-    # Table 1: 5 trained methods × 3 datasets; Table 2: 3 quantized methods × flan/alpaca
+                                                    "train_ablation", "evaluate_ablation", "train_search",
+                                                    "evaluate_search", "select_stage1", "select")}
     sizes = 2 if configfile == "config/paper.yaml" else 1
     # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base,
     # 5 Tülu models and the 4-bit base on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
     expected = {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
     # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each
     ablations = 8 if configfile == "config/paper.yaml" else 4
-    assert jobs == {**{k: v * sizes for k, v in expected.items()}, "train_ablation": ablations,
+    # Search points per size. Paper (App. D): (IA)3 4 lr; LoRA 4 lr × 4 r; SpIEL-AG and -MA 4 lr × 4 r, then λ at
+    # r = 64 with the best lr: 5 values, of which the first is already a stage-1 point → 4 more each (60).
+    # Default: (IA)3 2 lr; LoRA 2 lr × 1 r; SpIEL 2 lr × 1 r + 1 more λ each. Micro: LoRA 1 lr × 2 r, else same.
+    points = 4 + 4 * 4 + 2 * (4 * 4 + 4) if configfile == "config/paper.yaml" else 2 + 2 + 2 * (2 + 1)
+    search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
+    assert jobs == {**{k: v * sizes for k, v in {**expected, **search}.items()}, "train_ablation": ablations,
                     "evaluate_ablation": ablations}
 
 
@@ -154,3 +159,38 @@ def test_micro_config_produces_table5_from_its_evaluation_files(micro):
             assert getattr(row, benchmark) == round(json.loads(path.read_text())["value"], 2)
     summary = json.loads((micro / "results/ablation/tiny/cosine-S2/adapter/train_summary.json").read_text())
     assert summary["config"]["hp"]["schedule"] == "cosine" and summary["config"]["hp"]["update_interval"] == 2
+
+
+def test_micro_config_search_selects_the_best_point_and_the_tables_train_with_it(micro):
+    from spiel.methods import method
+    from spiel.search import argmax, points
+
+    grid = yaml.safe_load((micro / ".test/config.yaml").read_text())["search"]["grid"]
+    table4 = pd.read_csv(micro / "results/table4.csv")
+    assert list(table4.columns) == list(pd.read_csv(micro / "config/paper_results/table4.csv").columns)
+    assert list(table4["method"]) == ["(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA", "Full FT"]
+    figure = pd.read_csv(micro / "results/figure4.csv")
+    for name in grid:
+        record = json.loads((micro / f"results/search/tiny/{name}/selected.json").read_text())
+        scores = {p["label"]: json.loads((micro / p["file"]).read_text())["value"] for p in record["points"]}
+        assert [p["score"] for p in record["points"]] == list(scores.values())
+        assert len(scores) == len(points(grid[name]))
+        competing = [p for p in record["points"] if "weight_decay" not in p or p["rank"] == max(grid[name]["rank"])]
+        best = argmax([(p["label"], p["score"]) for p in competing])[0]
+        assert record["label"] == best
+        assert sorted(figure[figure["method"] == name]["label"]) == sorted(scores)
+        # every Table 1 / 2 / 5 training cell of this method (and its 4-bit counterpart) trained with the selection
+        cells = [f"results/adapters/tiny/{d}/{name}" for d in ("flan", "alpaca", "tulu")]
+        if name != "ia3":
+            cells.append(f"results/adapters/tiny/flan/q{name}")
+        if name == "spiel-ag":
+            cells.append("results/ablation/tiny/linear-S1/adapter")
+        for cell in cells:
+            hp = json.loads((micro / cell / "train_summary.json").read_text())["config"]["hp"]
+            assert {k: hp[k] for k in record["selected"]} == record["selected"], cell
+        row = table4[table4["method"] == method(name).label]
+        assert float(row["lr"].iloc[0]) == record["selected"]["lr"]
+    stage2 = json.loads((micro / "results/search/tiny/spiel-ma/wd0.3/adapter/train_summary.json").read_text())
+    stage1 = json.loads((micro / "results/search/tiny/spiel-ma/stage1.json").read_text())
+    assert stage2["config"]["hp"]["lr"] == stage1["selected"]["lr"]  # λ searched at stage 1's learning rate
+    assert stage2["config"]["hp"]["weight_decay"] == 0.3

@@ -2,6 +2,9 @@
 
 Figure 2 (§5.3): the proportion of the converged η's indices by age — the optimizer step at which each index
 was last grown (0 = kept from the random initialisation) — for SpIEL-AG and SpIEL-MA at each size after Flan v2.
+
+Figure 4 (App. D): the hyperparameter search — MMLU dev score against learning rate, one line per rank, and
+for SpIEL against λ (at the λ rank with the selected learning rate) — one panel per method and size.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from safetensors import safe_open
 
+from ..methods import method
 from ..tuner.model import WEIGHTS_NAME
 
 
@@ -52,4 +56,81 @@ def figure2(adapters: dict[str, str | Path], out: str | Path) -> pd.DataFrame:
     fig.savefig(out.with_suffix(".pdf"))
     plt.close(fig)
     data.to_csv(out.with_suffix(".csv"))
+    return data
+
+
+def search_points(selections: dict[tuple[str, str], str | Path]) -> pd.DataFrame:
+    """Every scored grid point of the ``selected.json`` files (keyed by size and method) as one table."""
+    import json
+
+    rows = []
+    for (size, name), path in selections.items():
+        record = json.loads(Path(path).read_text())
+        rows += [{"size": size, "method": name, **point} for point in record["points"]]
+    columns = ["size", "method", "label", "stage", "lr", "rank", "weight_decay", "score", "file"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _panels(data: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
+    """(size, method, x axis, points) per panel: a learning-rate panel per method, a λ panel per SpIEL method."""
+    panels = []
+    for size in dict.fromkeys(data["size"]):
+        for name in dict.fromkeys(data["method"]):
+            rows = data[(data["size"] == size) & (data["method"] == name)]
+            if rows.empty:
+                continue
+            panels.append((size, name, "lr", rows[rows["stage"] == 1]))
+            if rows["weight_decay"].notna().any() and (rows["stage"] == 2).any():
+                stage2 = rows[rows["stage"] == 2]
+                at = stage2.iloc[0]
+                first = rows[(rows["stage"] == 1) & (rows["rank"] == at["rank"]) & (rows["lr"] == at["lr"])]
+                panels.append((size, name, "weight_decay", pd.concat([first, stage2])))
+    return panels
+
+
+def plot_search(data: pd.DataFrame) -> plt.Figure:
+    """Figure 4's panels (rows: sizes) from ``search_points`` data."""
+    panels = _panels(data)
+    sizes = list(dict.fromkeys(data["size"]))
+    columns = max(sum(1 for p in panels if p[0] == size) for size in sizes)
+    fig, axes = plt.subplots(len(sizes), columns, figsize=(3.2 * columns, 2.8 * len(sizes)), squeeze=False)
+    used = dict.fromkeys(sizes, 0)
+    for size, name, axis, rows in panels:
+        ax = axes[sizes.index(size)][used[size]]
+        used[size] += 1
+        ranked = rows["rank"].notna().any()
+        if axis == "lr":
+            for rank, group in rows.groupby("rank", sort=True) if ranked else [(None, rows)]:
+                group = group.sort_values("lr")
+                ax.plot(group["lr"], group["score"], marker="o", label=None if rank is None else f"r = {int(rank)}")
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate")
+            if ranked:
+                ax.legend(fontsize=7)
+        else:
+            rows = rows.sort_values("weight_decay")
+            ax.plot(rows["weight_decay"], rows["score"], marker="o")
+            ax.set_xscale("symlog", linthresh=min(w for w in rows["weight_decay"] if w > 0))
+            ax.set_xlabel(f"λ (r = {int(rows['rank'].iloc[0])}, lr = {rows['lr'].iloc[0]:g})")
+        what = "λ" if axis != "lr" else ("lr × r" if ranked else "lr")
+        ax.set_title(f"{method(name).label} {size}: {what}", fontsize=9)
+        ax.set_ylabel("MMLU dev")
+    for size in sizes:
+        for extra in axes[sizes.index(size)][used[size]:]:
+            extra.axis("off")
+    fig.suptitle("Hyperparameter search on Flan v2 (Figure 4)")
+    fig.tight_layout()
+    return fig
+
+
+def figure4(selections: dict[tuple[str, str], str | Path], out: str | Path) -> pd.DataFrame:
+    """Plot the search; writes ``out`` (PNG), its PDF and CSV (every point) twins and returns the points."""
+    data = search_points(selections)
+    fig = plot_search(data)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    fig.savefig(out.with_suffix(".pdf"))
+    plt.close(fig)
+    data.to_csv(out.with_suffix(".csv"), index=False)
     return data

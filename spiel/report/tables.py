@@ -109,3 +109,34 @@ def markdown_table5(frame: pd.DataFrame) -> str:
     lines += [f"| {r.schedule} | {r.update_every_steps} | {r.mmlu:.1f} | {r.tydiqa:.1f} |"
               for r in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def build_table4(selections: dict[tuple[str, str], str | Path], full_lr: dict[str, float]
+                 ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Table 4: the selected lr, r and λ per (size, method) from ``selected.json`` files (``spiel.search``);
+    Full FT's learning rate is not searched (App. D) and comes from ``full_lr``."""
+    from ..search import sci
+
+    rows, sources = [], {}
+    sizes = list(dict.fromkeys([s for s, _ in selections] + list(full_lr)))
+    for size in sizes:
+        for name in ("ia3", "lora", "spiel-ag", "spiel-ma"):
+            if (size, name) not in selections:
+                continue
+            path = selections[size, name]
+            hp = json.loads(Path(path).read_text())["selected"]
+            rows.append({"size": size, "method": method(name).label, "lr": sci(hp["lr"]),
+                         "r": hp.get("rank"), "lambda": sci(hp["weight_decay"]) if "weight_decay" in hp else None})
+            sources[f"{size}/{method(name).label}"] = str(path)
+        if size in full_lr:
+            rows.append({"size": size, "method": "Full FT", "lr": sci(full_lr[size]), "r": None, "lambda": None})
+    frame = pd.DataFrame(rows, columns=["size", "method", "lr", "r", "lambda"])
+    frame["r"] = frame["r"].astype("Int64")
+    return frame, sources
+
+
+def markdown_table4(frame: pd.DataFrame) -> str:
+    lines = ["| Size | Method | lr | r | λ |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

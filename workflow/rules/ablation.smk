@@ -10,6 +10,7 @@ use rule train as train_ablation with:
     input:
         model=MODEL,
         data=TRAIN_DATA.format(dataset="flan"),
+        selected=lambda w: selection(w, "spiel-ag"),
     output:
         directory(ABLATION_ADAPTER),
     log:

@@ -1,10 +1,11 @@
-"""Helpers only: paths, the cells that Tables 1 and 2 need, and the settings each job receives."""
+"""Helpers only: paths, the cells that the tables need, the search points, and the settings each job receives."""
 
 import json
 import shlex
 
 from spiel.methods import method
 from spiel.report.tables import BASE, COMPOSED, cells
+from spiel.search import points, searched_as
 
 SIZES = list(config["models"])
 BENCHMARKS = ["mmlu", "gsm", "bbh", "tydiqa", "humaneval"]
@@ -16,6 +17,14 @@ EVAL_DATA = "results/data/eval/{benchmark}.jsonl"
 TRAIN_DATA = "results/data/train/{dataset}.jsonl"
 ADAPTER = "results/adapters/{size}/{dataset}/{method}"
 EVAL = "results/eval/{size}/{dataset}/{method}/{benchmark}.json"
+SEARCH = config.get("search", {})
+GRID = SEARCH.get("grid", {})
+SEARCH_SIZES = SEARCH.get("sizes", SIZES)
+SELECTED = "results/search/{size}/{method}/selected.json"
+SEARCH_ADAPTER = "results/search/{size}/{method}/{point}/adapter"
+SEARCH_EVAL = "results/search/{size}/{method}/{point}/mmlu.json"
+STAGE1 = "results/search/{size}/{method}/stage1.json"
+SEARCH_CONSTRAINTS = {"method": "|".join(GRID) or "none", "point": "(lr|wd)[0-9.e+-]+(-r[0-9]+)?"}
 
 
 wildcard_constraints:
@@ -35,16 +44,40 @@ TRAINING_SETTINGS = key_values({**config.get("training", {}), "seed": config["se
 """The one training loop's settings (App. B), the same for every training job."""
 
 
-def hyperparameters(wildcards, name=None, **overrides):
-    """The method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
-    ``overrides`` (ablations)."""
-    name = name or wildcards.method
+def method_hp(size, name, **overrides):
+    """A method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
+    ``overrides`` (grid points, ablations)."""
     base = config.get("hyperparameters", {}).get(name, {})
-    per_size = config["models"][wildcards.size].get("hyperparameters", {}).get(name, {})
-    merged = {**base, **per_size, **overrides}
-    if "lr" not in merged:
+    per_size = config["models"][size].get("hyperparameters", {}).get(name, {})
+    return {**base, **per_size, **overrides}
+
+
+def hyperparameters(wildcards, name=None, **overrides):
+    """``--hp`` arguments for the training job of ``wildcards`` (method ``name`` if given)."""
+    name = name or wildcards.method
+    hp = method_hp(wildcards.size, name, **overrides)
+    if "lr" not in hp:
         raise ValueError(f"hyperparameters.{name}.lr: no learning rate configured")
-    return key_values(merged)
+    return key_values(hp)
+
+
+def selection(wildcards, name=None):
+    """The search selection that a training cell of method ``name`` (default the wildcard's) trains with:
+    only when ``search.enabled`` and the search covers its method (or full-precision counterpart) and size."""
+    name = searched_as(name or wildcards.method)
+    if SEARCH.get("enabled") and name in GRID and wildcards.size in SEARCH_SIZES:
+        return SELECTED.format(size=wildcards.size, method=name)
+    return []
+
+
+def grid_point(wildcards):
+    """The search grid point of a ``train_search`` job."""
+    return next(p for p in points(GRID[wildcards.method]) if p.label == wildcards.point)
+
+
+def point_args(wildcards, grid_points):
+    """``--point LABEL=FILE`` arguments for the selection rules."""
+    return " ".join(f"{p.label}={SEARCH_EVAL.format(point=p.label, **wildcards)}" for p in grid_points)
 
 
 def table_inputs(table):

@@ -1,10 +1,12 @@
-"""One training job per method × size × dataset cell; resumes from its checkpoint after a kill."""
+"""One training job per method × size × dataset cell; resumes from its checkpoint after a kill. With
+``search.enabled`` a cell trains with its method's search selection (rule ``select``)."""
 
 
 rule train:
     input:
         model=MODEL,
         data=TRAIN_DATA,
+        selected=selection,
     output:
         directory(ADAPTER),
     log:
@@ -25,4 +27,5 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} python -m spiel train --model {input.model} --method {params.method} "
         "--data {input.data} --out {output} --work {params.work} --set {params.settings} --hp {params.hp} "
+        "--hp-file {input.selected} "
         "> {log} 2>&1"
