@@ -35,6 +35,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/memory.smk"
 
 
 rule all:
@@ -44,3 +45,4 @@ rule all:
         "results/figure2.png",
         ["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else [],
         ["results/table4.csv", "results/figure4.png"] if GRID else [],
+        ["results/table3.csv"] if config.get("memory", {}).get("methods", []) else [],

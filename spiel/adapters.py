@@ -31,8 +31,10 @@ def adapter_type(directory: str | Path) -> str:
     return json.loads(path.read_text()).get("peft_type", "")
 
 
-def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False):
-    """(model, tokenizer) from a local Hugging Face folder; never downloads."""
+def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
+              device: str | None = None):
+    """(model, tokenizer) from a local Hugging Face folder, on ``device`` (default CUDA when available, else the
+    CPU); never downloads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(model_dir)
@@ -40,7 +42,10 @@ def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in
         raise ModelNotFound(f"model {model_dir!r} is not a local Hugging Face folder (no config.json). Download it "
                             f"first (e.g. `hf download {model_dir} --local-dir models/NAME`) and point the config "
                             f"at that folder; runs are offline.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 

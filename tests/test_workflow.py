@@ -42,7 +42,7 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
             if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code",
                                                     "train_ablation", "evaluate_ablation", "train_search",
-                                                    "evaluate_search", "select_stage1", "select")}
+                                                    "evaluate_search", "select_stage1", "select", "memory")}
     sizes = 2 if configfile == "config/paper.yaml" else 1
     # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base,
     # 5 Tülu models and the 4-bit base on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
@@ -54,8 +54,10 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     # Default: (IA)3 2 lr; LoRA 2 lr × 1 r; SpIEL 2 lr × 1 r + 1 more λ each. Micro: LoRA 1 lr × 2 r, else same.
     points = 4 + 4 * 4 + 2 * (4 * 4 + 4) if configfile == "config/paper.yaml" else 2 + 2 + 2 * (2 + 1)
     search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
-    assert jobs == {**{k: v * sizes for k, v in {**expected, **search}.items()}, "train_ablation": ablations,
-                    "evaluate_ablation": ablations}
+    # Table 3 per size: 6 methods × checkpointing off/on (micro: LoRA and SpIEL-AG, off only)
+    memory = 2 if configfile == ".test/config.yaml" else 6 * 2
+    assert jobs == {**{k: v * sizes for k, v in {**expected, **search, "memory": memory}.items()},
+                    "train_ablation": ablations, "evaluate_ablation": ablations}
 
 
 def test_paper_model_not_in_the_local_cache_says_what_to_do(tmp_path, monkeypatch, capsys):
@@ -194,3 +196,19 @@ def test_micro_config_search_selects_the_best_point_and_the_tables_train_with_it
     stage1 = json.loads((micro / "results/search/tiny/spiel-ma/stage1.json").read_text())
     assert stage2["config"]["hp"]["lr"] == stage1["selected"]["lr"]  # λ searched at stage 1's learning rate
     assert stage2["config"]["hp"]["weight_decay"] == 0.3
+
+
+def test_micro_config_produces_table3_from_its_memory_searches(micro):
+    table = pd.read_csv(micro / "results/table3.csv")
+    paper = pd.read_csv(micro / "config/paper_results/table3.csv")
+    assert list(table.columns[:5]) == list(paper.columns)
+    assert list(table["method"]) == ["LoRA", "SpIEL-AG"]
+    sources = json.loads((micro / "results/table3.json").read_text())["sources"]
+    for row in table.itertuples(index=False):
+        record = json.loads((micro / sources[f"{row.size}/{row.method}/false"]).read_text())
+        assert row.memory_mb == record["memory_mb"] and row.memory_gb == round(record["memory_mb"] / 1024, 3)
+        assert row.seconds_per_step == round(record["seconds_per_step"], 3)
+        assert row.device.startswith("cpu") and row.mechanism.startswith("RLIMIT_DATA")  # never labelled GPU
+        passed = [p for p in record["probes"] if p["passed"]]
+        assert min(p["limit_mb"] for p in passed) == record["memory_mb"]
+        assert all(p["limit_mb"] < record["memory_mb"] for p in record["probes"] if not p["passed"])

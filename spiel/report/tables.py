@@ -140,3 +140,43 @@ def markdown_table4(frame: pd.DataFrame) -> str:
     lines += ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
               for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Table 3 from ``memory`` result files: the paper's columns (memory in GB = GiB as in App. F, seconds per
+    step at the lowest passing limit), then the device and mechanism that produced each number, the limit in MiB,
+    the measured peak (CUDA: allocated; CPU: resident) and the number of probes. A search that failed even at its
+    upper bound leaves the row's numbers empty."""
+    rows, sources = [], {}
+    for path in results:
+        record = json.loads(Path(path).read_text())
+        memory_mb = record["memory_mb"]
+        label = method(record["method"]).label
+        rows.append({"size": record["size"], "method": label,
+                     "activation_checkpointing": str(record["gradient_checkpointing"]).lower(),
+                     "memory_gb": None if memory_mb is None else round(memory_mb / 1024, 3),
+                     "seconds_per_step": None if record["seconds_per_step"] is None
+                     else round(record["seconds_per_step"], 3),
+                     "device": record["device"], "mechanism": record["mechanism"], "memory_mb": memory_mb,
+                     "peak_mb": None if record["peak_mb"] is None else round(record["peak_mb"], 1),
+                     "probes": len(record["probes"])})
+        sources[f"{record['size']}/{label}/{rows[-1]['activation_checkpointing']}"] = str(path)
+    frame = pd.DataFrame(rows)
+    frame["memory_mb"] = frame["memory_mb"].astype("Int64")
+    return frame, sources
+
+
+def markdown_table3(frame: pd.DataFrame) -> str:
+    """Memory (GB) and time (s/step) without / with activation checkpointing, as the paper prints them."""
+    def pair(rows: pd.DataFrame, column: str) -> str:
+        values = []
+        for flag in ("false", "true"):
+            value = rows[rows["activation_checkpointing"] == flag][column]
+            values.append("–" if value.empty or pd.isna(value.iloc[0]) else f"{value.iloc[0]:g}")
+        return " / ".join(values)
+
+    lines = ["| Size | Method | Mem. GB (w/o / w ckpt) | Time s/step (w/o / w ckpt) |", "|---|---|---|---|"]
+    for (size, label), rows in frame.groupby(["size", "method"], sort=False):
+        lines.append(f"| {size} | {label} | {pair(rows, 'memory_gb')} | {pair(rows, 'seconds_per_step')} |")
+    devices = "; ".join(sorted(set(frame["device"] + " — " + frame["mechanism"])))
+    return "\n".join(lines) + f"\n\nMeasured on: {devices}.\n"

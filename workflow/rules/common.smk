@@ -24,6 +24,8 @@ SELECTED = "results/search/{size}/{method}/selected.json"
 SEARCH_ADAPTER = "results/search/{size}/{method}/{point}/adapter"
 SEARCH_EVAL = "results/search/{size}/{method}/{point}/mmlu.json"
 STAGE1 = "results/search/{size}/{method}/stage1.json"
+MEMORY = config.get("memory", {})
+MEMORY_RESULT = "results/memory/{size}/{method}/checkpointing-{checkpointing}.json"
 SEARCH_CONSTRAINTS = {"method": "|".join(GRID) or "none", "point": "(lr|wd)[0-9.e+-]+(-r[0-9]+)?"}
 
 
@@ -68,6 +70,13 @@ def selection(wildcards, name=None):
     if SEARCH.get("enabled") and name in GRID and wildcards.size in SEARCH_SIZES:
         return SELECTED.format(size=wildcards.size, method=name)
     return []
+
+
+def memory_settings(wildcards):
+    """The training settings of a probe: the run's, the memory section's overrides, checkpointing on/off."""
+    settings = {**config.get("training", {}), **MEMORY.get("training", {}), "seed": config["seed"],
+                "dtype": config["dtype"], "gradient_checkpointing": wildcards.checkpointing == "on"}
+    return key_values(settings)
 
 
 def grid_point(wildcards):

@@ -1,0 +1,194 @@
+"""Memory requirement and step time of a training method (App. F, Table 3).
+
+A method's memory requirement is the lowest memory limit at which ``steps`` training steps on Flan v2 complete,
+found by binary search at a fixed granularity; its time is the mean step time of the probe at that limit. Every
+probe runs in a fresh process: on CUDA the limit is ``torch.cuda.set_per_process_memory_fraction`` (exactly the
+paper's mechanism); without CUDA the operating system enforces it on the probe process (``RLIMIT_DATA``: heap
+and private anonymous mappings), and the probe's peak resident memory is reported beside it. An out-of-memory
+error, any other failure, a timeout or a kill is a failed probe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction", "cpu": "RLIMIT_DATA (setrlimit)"}
+OOM_MARKERS = ("out of memory", "memoryerror", "can't allocate memory", "cannot allocate memory",
+               "failed to map segment", "std::bad_alloc")
+"""Lower-case fragments of the messages with which an allocation failure ends a probe."""
+
+
+@dataclass
+class Probe:
+    """One probe: did ``steps`` steps complete under ``limit_mb``?"""
+
+    limit_mb: int
+    passed: bool
+    reason: str = ""
+    """Why it failed: "out of memory", "timeout", "killed by signal N" or the error's last line."""
+    seconds_per_step: float | None = None
+    peak_mb: float | None = None
+    """CUDA: peak memory allocated by PyTorch; CPU: peak resident set size of the probe process."""
+    wall_s: float = 0.0
+
+
+@dataclass
+class Search:
+    """Result of ``binary_search``: the lowest passing limit (None: even ``high_mb`` fails) and every probe."""
+
+    low_mb: int
+    high_mb: int
+    step_mb: int
+    limit_mb: int | None = None
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def passing(self) -> Probe | None:
+        return next((p for p in self.probes if p.passed and p.limit_mb == self.limit_mb), None)
+
+
+def binary_search(probe: Callable[[int], Probe], low_mb: int, high_mb: int, step_mb: int) -> Search:
+    """The lowest limit in (``low_mb``, ``high_mb``], a multiple of ``step_mb`` above ``low_mb``, at which
+    ``probe`` passes, assuming that passing is monotone in the limit. ``low_mb`` is taken to fail and
+    ``high_mb`` to pass, so a threshold inside the range costs ⌈log2((high − low) / step)⌉ probes; ``high_mb``
+    is probed only when every probe below it failed (one more probe; it may fail too → ``limit_mb`` None)."""
+    if step_mb <= 0 or high_mb <= low_mb:
+        raise ValueError(f"memory search bounds: need 0 < step_mb and low_mb < high_mb, got {low_mb}, {high_mb}, "
+                         f"{step_mb}")
+    search = Search(low_mb, high_mb, step_mb)
+    fail, ok = 0, math.ceil((high_mb - low_mb) / step_mb)  # indices: limit = min(low + i·step, high)
+
+    def limit(i: int) -> int:
+        return min(low_mb + i * step_mb, high_mb)
+
+    while ok - fail > 1:
+        middle = (fail + ok) // 2
+        result = probe(limit(middle))
+        search.probes.append(result)
+        if result.passed:
+            ok = middle
+        else:
+            fail = middle
+    if not any(p.passed and p.limit_mb == limit(ok) for p in search.probes):
+        result = probe(limit(ok))
+        search.probes.append(result)
+        if not result.passed:
+            return search
+    search.limit_mb = limit(ok)
+    return search
+
+
+# --- the probe process ---------------------------------------------------------------------------------------
+
+@dataclass
+class ProbeSpec:
+    """What a probe trains (App. F: Flan v2, rank-64 equivalent, ``steps`` steps) and where."""
+
+    model: str
+    method: str
+    data: str
+    steps: int = 30
+    device: str = "cpu"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Training settings (spiel.train.TrainConfig fields)."""
+    hp: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 1800.0
+    threads: int = 1
+
+
+def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
+    """Run one probe in a fresh ``python -m spiel memory-probe`` process under ``limit_mb``."""
+    command = [sys.executable, "-m", "spiel", "memory-probe", "--spec", json.dumps(asdict(spec)),
+               "--limit-mb", str(limit_mb)]
+    preexec = None
+    if spec.device == "cpu":
+        def preexec() -> None:
+            limit = limit_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, preexec_fn=preexec,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        return Probe(limit_mb, False, "timeout", wall_s=time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    if done.returncode == 0:
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        return Probe(limit_mb, True, "", report["seconds_per_step"], report["peak_mb"], wall)
+    if done.returncode < 0:
+        return Probe(limit_mb, False, f"killed by signal {-done.returncode}", wall_s=wall)
+    tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+    reason = "out of memory" if any(m in done.stderr.lower() for m in OOM_MARKERS) else tail[0][-300:]
+    return Probe(limit_mb, False, reason, wall_s=wall)
+
+
+def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
+    """Inside the probe process: cap memory (CUDA), train ``spec.steps`` steps, report time and peak memory."""
+    import torch
+
+    from .train import TrainConfig, optimizer_step, prepare
+
+    torch.set_num_threads(spec.threads)
+    if spec.device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_mb * 2**20 / total))
+    run = prepare(Path(spec.model), spec.method, Path(spec.data), TrainConfig(**spec.settings, hp=spec.hp),
+                  total=spec.steps)
+    run.trainable.model.train()
+    cache: dict[int, list] = {}
+    times = []
+    for step in range(spec.steps):
+        _, micro = run.micro_batches(step % (run.steps_per_epoch * run.config.epochs), cache)
+        _sync(spec.device)
+        start = time.perf_counter()
+        optimizer_step(run.trainable, micro)
+        _sync(spec.device)
+        times.append(time.perf_counter() - start)
+    if spec.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds_per_step": sum(times) / len(times), "step_seconds": times, "peak_mb": peak}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def device_name(device: str) -> str:
+    """A readable name of the device the probes ran on (the table says which device produced a number)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, no GPU)"
+
+
+def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int) -> dict[str, Any]:
+    """The memory requirement and step time of ``spec`` (App. F), with every probe, as a JSON-ready record."""
+    start = time.perf_counter()
+    search = binary_search(lambda limit: run_probe(spec, limit), low_mb, high_mb, step_mb)
+    passing = search.passing
+    return {"method": spec.method, "gradient_checkpointing": bool(spec.settings.get("gradient_checkpointing")),
+            "device": device_name(spec.device), "mechanism": MECHANISMS["cuda" if spec.device != "cpu" else "cpu"],
+            "memory_mb": search.limit_mb, "seconds_per_step": passing.seconds_per_step if passing else None,
+            "peak_mb": passing.peak_mb if passing else None, "steps": spec.steps,
+            "bounds_mb": {"low": low_mb, "high": high_mb, "step": step_mb},
+            "probes": [asdict(p) for p in search.probes], "wall_s": time.perf_counter() - start,
+            "spec": asdict(spec)}

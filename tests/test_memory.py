@@ -1,0 +1,77 @@
+"""Memory binary search (App. F, Table 3): probe counts, failed probes, a real CPU search on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from spiel.memory import Probe, ProbeSpec, binary_search, run_probe
+from spiel.models import tiny_llama
+
+CORPUS = ["<|user|>\nAdd 2 and 3.\n<|assistant|>\n5</s>\n", "Now double it. The answer is 10."] * 30
+
+
+def _fake(threshold: int, calls: list[int]):
+    def probe(limit: int) -> Probe:
+        calls.append(limit)
+        return Probe(limit, limit >= threshold, "" if limit >= threshold else "out of memory")
+    return probe
+
+
+@pytest.mark.parametrize(("low", "high", "step"), [(0, 64 * 1024, 1024), (512, 4608, 128), (0, 100, 7)])
+def test_search_finds_a_known_threshold_in_log2_probes(low, high, step):
+    intervals = math.ceil((high - low) / step)
+    expected_probes = math.ceil(math.log2(intervals))  # exact when intervals is a power of 2, else at most
+    for threshold in range(low + 1, high + 1, max(1, (high - low) // 37)):
+        calls: list[int] = []
+        search = binary_search(_fake(threshold, calls), low, high, step)
+        lowest = min(low + math.ceil((threshold - low) / step) * step, high)  # first grid limit ≥ threshold
+        assert search.limit_mb == lowest, threshold
+        # when the threshold's grid point is high itself every probe below failed: high is probed to confirm
+        extra = 1 if lowest == high else 0
+        if intervals & (intervals - 1) == 0:
+            assert len(calls) == expected_probes + extra, (threshold, calls)
+        else:
+            assert expected_probes - 1 + extra <= len(calls) <= expected_probes + extra, (threshold, calls)
+        assert search.passing is not None and search.passing.limit_mb == lowest
+
+
+def test_search_that_fails_at_the_upper_bound_reports_none():
+    calls: list[int] = []
+    search = binary_search(_fake(10**9, calls), 0, 8192, 1024)
+    assert search.limit_mb is None and search.passing is None
+    assert calls[-1] == 8192 and len(calls) == 3 + 1
+    assert all(not p.passed and p.reason == "out of memory" for p in search.probes)
+    with pytest.raises(ValueError, match="bounds"):
+        binary_search(_fake(1, []), 100, 100, 1)
+
+
+@pytest.fixture(scope="module")
+def probe_spec(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory")
+    tiny_llama(root / "model", CORPUS, hidden=32)
+    conversations = [[{"role": "user", "content": f"Add {i} and {i + 1}."},
+                      {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(8)]
+    (root / "flan.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return ProbeSpec(str(root / "model"), "spiel-ag", str(root / "flan.jsonl"), steps=2, device="cpu",
+                     settings={"batch_size": 2, "micro_batch_size": 2, "max_length": 32},
+                     hp={"lr": 1e-3, "rank": 2, "update_interval": 1, "estimation_steps": 1}, timeout_s=120)
+
+
+def test_out_of_memory_and_timeout_are_failed_probes_not_errors(probe_spec):
+    starved = run_probe(probe_spec, 64)  # 64 MiB of heap: Python cannot even import torch
+    assert not starved.passed and starved.reason == "out of memory"
+    slow = run_probe(ProbeSpec(**{**probe_spec.__dict__, "timeout_s": 0.5}), 8192)
+    assert not slow.passed and slow.reason == "timeout"
+
+
+def test_cpu_search_on_a_tiny_model_passes_at_its_limit_and_fails_one_step_below(probe_spec):
+    search = binary_search(lambda limit: run_probe(probe_spec, limit), 128, 2176, 128)
+    assert search.limit_mb is not None
+    passing = search.passing
+    assert passing.passed and passing.seconds_per_step > 0 and passing.peak_mb > 0
+    below = next((p for p in search.probes if p.limit_mb == search.limit_mb - 128), None)
+    below = below or run_probe(probe_spec, search.limit_mb - 128)
+    assert not below.passed and below.reason == "out of memory"
