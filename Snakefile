@@ -36,6 +36,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/memory.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:
@@ -46,3 +47,4 @@ rule all:
         ["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else [],
         ["results/table4.csv", "results/figure4.png"] if GRID else [],
         ["results/table3.csv"] if config.get("memory", {}).get("methods", []) else [],
+        "results/audit.md",

@@ -218,6 +218,25 @@ def cmd_figure4(args: argparse.Namespace) -> None:
     print(figure4(_selections(args.selected), args.out).drop(columns="file").to_string(index=False))
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .provenance import atomic_open, run_provenance, write_json_atomic
+    from .report.audit import Tables, cells, claims, markdown
+
+    sizes = _pairs(args.size, "--size")
+    ours, paper = Tables.load(args.results, args.figure2), Tables.load(args.paper)
+    cell_frame, claim_frame = cells(ours, paper, sizes), claims(ours, paper)
+    record = run_provenance(json.loads(args.config), args.results, args.benchmarks)
+    out = Path(args.out)
+    with atomic_open(out) as stream:
+        pd.concat([claim_frame.assign(kind="claim"), cell_frame.assign(kind="cell")]).to_csv(stream, index=False)
+    with atomic_open(out.with_suffix(".md")) as stream:
+        stream.write(markdown(cell_frame, claim_frame, sizes, record))
+    write_json_atomic(record, out.with_name("provenance.json"))
+    print(claim_frame[["claim", "verdict", "in_paper"]].to_string(index=False))
+
+
 def cmd_figure2(args: argparse.Namespace) -> None:
     from .report.figures import figure2
 
@@ -374,6 +393,18 @@ def parser() -> argparse.ArgumentParser:
     f4.add_argument("--selected", nargs="+", required=True, metavar="SIZE/METHOD=FILE")
     f4.add_argument("--out", required=True)
     f4.set_defaults(func=cmd_figure4)
+
+    au = commands.add_parser("audit", help="our tables beside the paper's and the paper's claims checked",
+                             description="Write OUT (CSV: every claim with its verdict, then every cell beside the "
+                                         "paper's), OUT with .md, and provenance.json beside it.")
+    au.add_argument("--results", default="results", help="folder with table1..5.csv (absent ones: not measured)")
+    au.add_argument("--paper", default="config/paper_results", help="the paper's tables as CSV")
+    au.add_argument("--figure2", default="results/figure2.csv")
+    au.add_argument("--benchmarks", default="benchmarks", help="Snakemake benchmark files (wall time per stage)")
+    au.add_argument("--size", nargs="*", default=[], metavar="OURS=PAPER", help="put our size beside the paper's")
+    au.add_argument("--config", default="{}", help="the run's configuration as JSON (hashed into provenance)")
+    au.add_argument("--out", required=True)
+    au.set_defaults(func=cmd_audit)
 
     f2 = commands.add_parser("figure2", help="Figure 2: age of the converged SpIEL indices",
                              description="Plot the proportion of each SpIEL adapter's indices by the step at which "

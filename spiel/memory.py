@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import provenance
+
 MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction", "cpu": "RLIMIT_DATA (setrlimit)"}
 OOM_MARKERS = ("out of memory", "memoryerror", "can't allocate memory", "cannot allocate memory",
                "failed to map segment", "std::bad_alloc")
@@ -169,24 +171,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def device_name(device: str) -> str:
-    """A readable name of the device the probes ran on (the table says which device produced a number)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, no GPU)"
-
-
 def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int) -> dict[str, Any]:
     """The memory requirement and step time of ``spec`` (App. F), with every probe, as a JSON-ready record."""
     start = time.perf_counter()
     search = binary_search(lambda limit: run_probe(spec, limit), low_mb, high_mb, step_mb)
     passing = search.passing
     return {"method": spec.method, "gradient_checkpointing": bool(spec.settings.get("gradient_checkpointing")),
-            "device": device_name(spec.device), "mechanism": MECHANISMS["cuda" if spec.device != "cpu" else "cpu"],
+            "device": provenance.device(spec.device),
+            "mechanism": MECHANISMS["cpu" if spec.device == "cpu" else "cuda"],
             "memory_mb": search.limit_mb, "seconds_per_step": passing.seconds_per_step if passing else None,
             "peak_mb": passing.peak_mb if passing else None, "steps": spec.steps,
             "bounds_mb": {"low": low_mb, "high": high_mb, "step": step_mb},

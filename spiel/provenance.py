@@ -61,3 +61,46 @@ def write_jsonl(rows: list[dict], out: str | Path) -> None:
     with atomic_open(out) as stream:
         for row in rows:
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def device(kind: str = "auto") -> str:
+    """The device a computation runs on, in words (CUDA device name, or the CPU); ``kind`` "cpu" forces the CPU
+    even where CUDA is visible."""
+    import platform
+
+    import torch
+
+    if kind != "cpu" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, no GPU)"
+
+
+def stage_wall_times(folder: str | Path = "benchmarks") -> dict[str, float]:
+    """Wall seconds per pipeline stage: the sum of the ``s`` column of Snakemake's benchmark files under
+    ``folder/<stage>/``."""
+    import csv
+
+    totals: dict[str, float] = {}
+    for path in sorted(Path(folder).rglob("*.tsv")):
+        stage = path.relative_to(folder).parts[0]
+        with path.open() as stream:
+            for row in csv.DictReader(stream, delimiter="\t"):
+                totals[stage] = totals.get(stage, 0.0) + float(row["s"])
+    return {k: round(v, 1) for k, v in totals.items()}
+
+
+def run_provenance(config: dict[str, Any], results: str | Path = "results",
+                   benchmarks: str | Path = "benchmarks") -> dict[str, Any]:
+    """Provenance of a whole run: config and its hash, commit, versions, seeds, the devices that trained and
+    measured (from the results' own records), wall time per stage."""
+    import hashlib
+
+    canonical = json.dumps(config, sort_keys=True, default=str)
+    devices = set()
+    for path in Path(results).rglob("train_summary.json"):
+        devices.add(json.loads(path.read_text()).get("device", "unrecorded"))
+    for path in Path(results).glob("memory/**/*.json"):
+        devices.add(json.loads(path.read_text())["device"])
+    return {"config_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "config": config,
+            "git_commit": git_commit(), "versions": package_versions(), "seed": config.get("seed"),
+            "device": ", ".join(sorted(devices)) or device(), "wall_s_per_stage": stage_wall_times(benchmarks)}

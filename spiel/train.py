@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import data
 from .adapters import load_base
 from .methods import Trainable, method, wrap
-from .provenance import atomic_open, git_commit, package_versions, write_json_atomic
+from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
 
 
 @dataclass
@@ -181,7 +181,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     if spec.kind == "full":
         tokenizer.save_pretrained(out)
     summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(config),
-               "model": str(model_dir), "data": str(train_file), "finished": True,
+               "model": str(model_dir), "data": str(train_file), "finished": True, "device": device(),
                "versions": package_versions(), "git_commit": git_commit()}
     write_json_atomic(summary, out / "train_summary.json")
     checkpoint.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ rule memory:
         MEMORY_RESULT,
     log:
         "logs/memory/{size}/{method}/checkpointing-{checkpointing}.log",
+    benchmark:
+        "benchmarks/memory/{size}/{method}/checkpointing-{checkpointing}.tsv"
     wildcard_constraints:
         method="|".join(MEMORY.get("methods", [])) or "none",
         checkpointing="on|off",
