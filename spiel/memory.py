@@ -117,7 +117,9 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
         def preexec() -> None:
             limit = limit_mb * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
+    # one malloc arena and no tokenizer thread pool: the heap a probe needs does not vary with thread timing
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MALLOC_ARENA_MAX": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, preexec_fn=preexec,

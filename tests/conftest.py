@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random-initialised Llama (mechanics only, never for reported numbers)."""
 
+import json
 import os
 
 import pytest
@@ -27,3 +28,20 @@ def llama():
 def batch():
     generator = torch.Generator().manual_seed(1)
     return torch.randint(0, 128, (2, 12), generator=generator)
+
+
+CHAT_CORPUS = ["<|user|>\nAdd 2 and 3.\n<|assistant|>\n5</s>\n", "Now double it. The answer is 10."] * 30
+"""Text the tiny tokenizer of ``training_setup`` is trained on."""
+
+
+@pytest.fixture(scope="session")
+def training_setup(tmp_path_factory):
+    """A folder with a tiny saved Llama (``model/``) and 24 two-turn conversations (``train.jsonl``)."""
+    from spiel.models import tiny_llama as save_tiny_llama
+
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_llama(root / "model", CHAT_CORPUS, hidden=32)
+    conversations = [[{"role": "user", "content": f"Add {i} and {i + 1}."},
+                      {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(24)]
+    (root / "train.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return root

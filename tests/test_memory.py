@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from spiel.memory import Probe, ProbeSpec, binary_search, run_probe
-from spiel.models import tiny_llama
-
-CORPUS = ["<|user|>\nAdd 2 and 3.\n<|assistant|>\n5</s>\n", "Now double it. The answer is 10."] * 30
 
 
 def _fake(threshold: int, calls: list[int]):
@@ -48,15 +44,10 @@ def test_search_that_fails_at_the_upper_bound_reports_none():
         binary_search(_fake(1, []), 100, 100, 1)
 
 
-@pytest.fixture(scope="module")
-def probe_spec(tmp_path_factory):
-    root = tmp_path_factory.mktemp("memory")
-    tiny_llama(root / "model", CORPUS, hidden=32)
-    conversations = [[{"role": "user", "content": f"Add {i} and {i + 1}."},
-                      {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(8)]
-    (root / "flan.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
-    return ProbeSpec(str(root / "model"), "spiel-ag", str(root / "flan.jsonl"), steps=2, device="cpu",
-                     settings={"batch_size": 2, "micro_batch_size": 2, "max_length": 32},
+@pytest.fixture
+def probe_spec(training_setup):
+    return ProbeSpec(str(training_setup / "model"), "spiel-ag", str(training_setup / "train.jsonl"), steps=2,
+                     device="cpu", settings={"batch_size": 2, "micro_batch_size": 2, "max_length": 32},
                      hp={"lr": 1e-3, "rank": 2, "update_interval": 1, "estimation_steps": 1}, timeout_s=120)
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from spiel import data
-from spiel.models import tiny_llama, tiny_tokenizer
+from spiel.models import tiny_tokenizer
 from spiel.train import TrainConfig, lr_factor, train
 
 CHAT = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
@@ -40,14 +40,9 @@ def test_lr_schedule_warms_up_then_decays_linearly():
                                                                    0.25, 0.125]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    tiny_llama(root / "model", CORPUS, hidden=32)
-    conversations = [[{"role": "user", "content": f"Add {i} and {i + 1}."},
-                      {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(24)]
-    (root / "train.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
-    return root
+@pytest.fixture
+def setup(training_setup):
+    return training_setup
 
 
 def _config(**hp):
