@@ -55,7 +55,8 @@ def lr_scheduler(run: Run) -> torch.optim.lr_scheduler.LambdaLR:
 def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler) -> None:
     with atomic_open(path, "wb") as stream:
         torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, stream)
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, stream)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -152,6 +153,8 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
         trainable.load_state_dict(state["trainable"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step = state["step"]
     _truncate_metrics(work / "metrics.jsonl", step)
     trainable.model.train()
