@@ -88,6 +88,18 @@ def _panels(data: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
     return panels
 
 
+def _ticks(ax: plt.Axes, values: pd.Series) -> None:
+    """Ticks at the grid's values only, written as the paper writes them (no crowded minor log labels)."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    from ..search import sci
+
+    grid = sorted(set(values.astype(float)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(grid, [sci(v) for v in grid], fontsize=7)
+
+
 def plot_search(data: pd.DataFrame) -> plt.Figure:
     """Figure 4's panels (rows: sizes) from ``search_points`` data."""
     panels = _panels(data)
@@ -104,6 +116,7 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
                 group = group.sort_values("lr")
                 ax.plot(group["lr"], group["score"], marker="o", label=None if rank is None else f"r = {int(rank)}")
             ax.set_xscale("log")
+            _ticks(ax, rows["lr"])
             ax.set_xlabel("learning rate")
             if ranked:
                 ax.legend(fontsize=7)
@@ -111,6 +124,7 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
             rows = rows.sort_values("weight_decay")
             ax.plot(rows["weight_decay"], rows["score"], marker="o")
             ax.set_xscale("symlog", linthresh=min(w for w in rows["weight_decay"] if w > 0))
+            _ticks(ax, rows["weight_decay"])
             ax.set_xlabel(f"λ (r = {int(rows['rank'].iloc[0])}, lr = {rows['lr'].iloc[0]:g})")
         what = "λ" if axis != "lr" else ("lr × r" if ranked else "lr")
         ax.set_title(f"{method(name).label} {size}: {what}", fontsize=9)
