@@ -130,11 +130,13 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
     if done.returncode == 0:
         report = json.loads(done.stdout.strip().splitlines()[-1])
         return Probe(limit_mb, True, "", report["seconds_per_step"], report["peak_mb"], wall)
+    # an allocation failure can end in an exception, an exit or an abort (SIGABRT): the message decides
+    if any(m in done.stderr.lower() for m in OOM_MARKERS):
+        return Probe(limit_mb, False, "out of memory", wall_s=wall)
     if done.returncode < 0:
         return Probe(limit_mb, False, f"killed by signal {-done.returncode}", wall_s=wall)
     tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-    reason = "out of memory" if any(m in done.stderr.lower() for m in OOM_MARKERS) else tail[0][-300:]
-    return Probe(limit_mb, False, reason, wall_s=wall)
+    return Probe(limit_mb, False, tail[0][-300:], wall_s=wall)
 
 
 def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:

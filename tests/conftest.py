@@ -45,3 +45,14 @@ def training_setup(tmp_path_factory):
                       {"role": "assistant", "content": f"The answer is {2 * i + 1}."}] for i in range(24)]
     (root / "train.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     return root
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """The micro config's whole DAG (rule all) run locally once per test session; its workflow copy."""
+    from workflow_copy import snakemake, workdir
+
+    folder = workdir(tmp_path_factory.mktemp("micro"))
+    done = snakemake(folder, "--configfile", ".test/config.yaml")
+    assert done.returncode == 0, done.stderr[-5000:]
+    return folder

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _workdir(tmp: Path) -> Path:
-    """A copy of the workflow (results land in ``tmp``, never in the checkout)."""
-    for name in ("Snakefile", "workflow", "envs", "config", ".test"):
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp / name)
-    return tmp
-
-
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True)
+from workflow_copy import ROOT
+from workflow_copy import snakemake as _snakemake
+from workflow_copy import workdir as _workdir
 
 
 def test_lint_is_clean(tmp_path):
@@ -85,14 +69,6 @@ def test_bad_config_is_rejected_naming_the_key_before_any_job(tmp_path, key, val
     assert done.returncode != 0
     assert message in done.stderr
     assert not (workdir / "results").exists() and not (workdir / "logs").exists()
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    workdir = _workdir(tmp_path_factory.mktemp("micro"))
-    done = _snakemake(workdir, "--configfile", ".test/config.yaml")  # rule all: Tables 1 and 2
-    assert done.returncode == 0, done.stderr[-5000:]
-    return workdir
 
 
 @pytest.mark.parametrize(("name", "methods"), [

@@ -46,6 +46,27 @@ TRAINING_SETTINGS = key_values({**config.get("training", {}), "seed": config["se
 """The one training loop's settings (App. B), the same for every training job."""
 
 
+def size_resource(key, default, per_attempt=False):
+    """A resource of ``models.<size>.resources`` for the job's size (× the attempt number if ``per_attempt``,
+    so that a retry after running out of memory or time asks for more)."""
+
+    def value(wildcards, attempt):
+        amount = config["models"][wildcards.size].get("resources", {}).get(key, default)
+        return amount * attempt if per_attempt else amount
+
+    return value
+
+
+def job_resources(runtime_key, default_runtime):
+    """Scheduler resources of a training / evaluation / memory job: memory and runtime grow with the attempt;
+    GPUs (and their model, where configured) come from the size."""
+    resources = {"mem_mb": size_resource("mem_mb", 8000, True),
+                 "runtime": size_resource(runtime_key, default_runtime, True), "gpu": size_resource("gpu", 0)}
+    if any("gpu_model" in m.get("resources", {}) for m in config["models"].values()):
+        resources["gpu_model"] = size_resource("gpu_model", "")
+    return resources
+
+
 def method_hp(size, name, **overrides):
     """A method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
     ``overrides`` (grid points, ablations)."""

@@ -57,8 +57,7 @@ for suffix, (datasets, benchmarks) in EVALUATIONS.items():
             flags=lambda w, benchmarks=benchmarks: evaluate_flags(w, benchmarks),
         threads: config.get("threads", 1)
         resources:
-            mem_mb=8000,
-            runtime=240,
+            **job_resources("eval_runtime", 240),
         conda:
             ENV
         shell:

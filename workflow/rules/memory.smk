@@ -22,8 +22,7 @@ rule memory:
                          ("device", "auto"))),
     threads: config.get("threads", 1)
     resources:
-        mem_mb=lambda w: MEMORY.get("high_mb", 81920) + 4000,
-        runtime=600,
+        **job_resources("memory_runtime", 600),
         memory_probe=1,
     conda:
         ENV

@@ -20,8 +20,7 @@ rule train:
         method=lambda w: w.method,
     threads: config.get("threads", 1)
     resources:
-        mem_mb=8000,
-        runtime=240,
+        **job_resources("train_runtime", 240),
     conda:
         ENV
     shell:

@@ -1,0 +1,83 @@
+"""The DAG on a real one-node SLURM cluster (tests/slurm/cluster.sh, `profiles/slurm`): every job goes through
+sbatch and gives the local run's results; a training job cancelled with scancel is retried and resumes from its
+checkpoint. Needs root and Debian's SLURM packages, which `.ci/run` installs; skipped elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from workflow_copy import ROOT, SNAKEMAKE, snakemake, workdir
+
+pytestmark = pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which("sbatch") and os.geteuid() == 0),
+                                reason="needs root and Debian's slurmctld/slurmd/slurm-client/munge (.ci/run)")
+
+CLUSTER = ROOT / "tests/slurm/cluster.sh"
+# no accounting database on the test cluster: poll with squeue; short first poll for a small DAG
+SLURM = ["--profile", "profiles/slurm", "--slurm-status-command", "squeue",
+         "--slurm-init-seconds-before-status-checks", "2", "--jobs", "2"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    subprocess.run(["bash", str(CLUSTER), "start", str(state)], check=True, timeout=120)
+    yield state
+    subprocess.run(["scancel", "--user", "root"], timeout=30)
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)
+
+
+def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_path):
+    folder = workdir(tmp_path)
+    done = snakemake(folder, *SLURM, "--configfile", ".test/config.yaml", "results/table1.csv", cores=False,
+                     timeout=1800)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    finished = re.findall(r"Finished jobid: \d+", log)
+    assert len(submitted) == len(finished) > 40 and "localrule" not in log  # every job went through sbatch
+    assert len(list((folder / ".snakemake/slurm_logs").rglob("*.log"))) >= len(submitted) or \
+        (folder / ".snakemake/slurm_logs").exists()
+    ours, local = (pd.read_csv(f / "results/table1.csv") for f in (folder, micro))
+    pd.testing.assert_frame_equal(ours, local)
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, tmp_path):
+    folder = workdir(tmp_path)
+    config = yaml.safe_load((folder / ".test/config.yaml").read_text())
+    config["search"]["enabled"] = False
+    config["training"].update(epochs=80, checkpoint_every=1)  # 240 steps: long enough to cancel midway
+    (folder / "long.yaml").write_text(yaml.safe_dump(config))
+    target = "results/adapters/tiny/tulu/lora"
+    command = [*SNAKEMAKE, *SLURM, "--configfile", "long.yaml", target]
+    with subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        checkpoint = folder / "results/work/tiny/tulu/lora/checkpoint.pt"
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.5)
+        assert checkpoint.exists(), "the training job never wrote a checkpoint"
+        jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True,
+                              check=True).stdout.split()
+        assert len(jobs) == 1
+        subprocess.run(["scancel", jobs[0]], check=True)
+        try:
+            log, _ = run.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            raise
+    assert run.returncode == 0, log[-4000:]
+    assert re.search(r"has been submitted with SLURM jobid (\d+)", log)
+    training = [m for m in re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)]
+    assert len(training) == 2 and jobs[0] in training  # the cancelled submission and its retry
+    progress = (folder / "logs/train/tiny/tulu/lora.log").read_text()
+    resumed_at = int(re.search(r"\| *(\d+)/240", progress).group(1))
+    assert resumed_at >= 1  # the retry started from the checkpoint, not from step 0
+    steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 241))

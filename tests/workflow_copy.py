@@ -1,0 +1,25 @@
+"""A copy of the workflow to run Snakemake in (results land there, never in the checkout)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def workdir(tmp: Path) -> Path:
+    for name in ("Snakefile", "workflow", "envs", "config", ".test", "profiles"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp / name)
+    return tmp
+
+
+def snakemake(folder: Path, *args: str, cores: bool = True, timeout: float | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``folder`` (on 2 local cores unless ``cores`` is False, e.g. under a cluster profile)."""
+    command = [*SNAKEMAKE, *(["--cores", "2"] if cores else []), *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout)
