@@ -13,7 +13,9 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from workflow_copy import ROOT, SNAKEMAKE, snakemake, workdir
 
 pytestmark = pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which("sbatch") and os.geteuid() == 0),
@@ -36,27 +38,31 @@ def cluster(tmp_path_factory):
 
 def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_path):
     folder = workdir(tmp_path)
-    done = snakemake(folder, *SLURM, "--configfile", ".test/config.yaml", "results/table1.csv", cores=False,
+    done = snakemake(folder, "results/table1.csv", *SLURM, "--configfile", ".test/config.yaml", cores=False,
                      timeout=1800)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     finished = re.findall(r"Finished jobid: \d+", log)
     assert len(submitted) == len(finished) > 40 and "localrule" not in log  # every job went through sbatch
-    assert len(list((folder / ".snakemake/slurm_logs").rglob("*.log"))) >= len(submitted) or \
-        (folder / ".snakemake/slurm_logs").exists()
     ours, local = (pd.read_csv(f / "results/table1.csv") for f in (folder, micro))
     pd.testing.assert_frame_equal(ours, local)
+    # the micro model's scores are mostly 0, so compare what training produced: every adapter, tensor by tensor
+    adapters = sorted(p.relative_to(folder) for p in (folder / "results/adapters").rglob("*.safetensors"))
+    assert len(adapters) >= 15
+    for path in adapters:
+        a, b = load_file(folder / path), load_file(micro / path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
 
 
 def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, tmp_path):
     folder = workdir(tmp_path)
     config = yaml.safe_load((folder / ".test/config.yaml").read_text())
     config["search"]["enabled"] = False
-    config["training"].update(epochs=80, checkpoint_every=1)  # 240 steps: long enough to cancel midway
+    config["training"].update(epochs=1000, checkpoint_every=1)  # ~20 s of steps: time to cancel midway
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
     target = "results/adapters/tiny/tulu/lora"
-    command = [*SNAKEMAKE, *SLURM, "--configfile", "long.yaml", target]
+    command = [*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"]
     with subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
         checkpoint = folder / "results/work/tiny/tulu/lora/checkpoint.pt"
         deadline = time.monotonic() + 600
@@ -77,7 +83,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     training = [m for m in re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)]
     assert len(training) == 2 and jobs[0] in training  # the cancelled submission and its retry
     progress = (folder / "logs/train/tiny/tulu/lora.log").read_text()
-    resumed_at = int(re.search(r"\| *(\d+)/240", progress).group(1))
-    assert resumed_at >= 1  # the retry started from the checkpoint, not from step 0
+    resumed_at, total = map(int, re.search(r"train lora: .*?\| *(\d+)/(\d+) \[", progress).groups())
+    assert 1 <= resumed_at < total  # the retry started from the checkpoint, not from step 0
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 241))
+    assert steps == list(range(1, total + 1))  # every step once: none lost, none repeated
