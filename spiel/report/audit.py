@@ -43,34 +43,42 @@ class Tables:
         for name in KEYS:
             path = folder / f"{name}.csv"
             frames[name] = pd.read_csv(path, dtype={"activation_checkpointing": str}) if path.exists() else None
-            sources = path.with_suffix(".json")
-            if name in ("table1", "table2") and sources.exists():
-                for key, file in json.loads(sources.read_text()).get("sources", {}).items():
-                    evaluation = Path(file) if Path(file).is_absolute() else folder.parent / file
-                    if evaluation.exists():
-                        stderr[f"{name}/{key}"] = float(json.loads(evaluation.read_text()).get("stderr", math.nan))
-        ranks: dict[str, list[int]] = {}
-        table4 = folder / "table4.json"
-        if table4.exists():
-            for key, file in json.loads(table4.read_text()).get("sources", {}).items():
-                selection = Path(file) if Path(file).is_absolute() else folder.parent / file
-                if selection.exists():
-                    ranks[key] = list(json.loads(selection.read_text())["grid"].get("rank", []))
+            if name in ("table1", "table2"):
+                for key, evaluation in _sources(folder, name):
+                    stderr[f"{name}/{key}"] = float(json.loads(evaluation.read_text()).get("stderr", math.nan))
+        ranks = {key: list(json.loads(selection.read_text())["grid"].get("rank", []))
+                 for key, selection in _sources(folder, "table4")}
         data = None
         if figure2 is not None and Path(figure2).exists():
             data = pd.read_csv(figure2, index_col="step")
         return cls(frames, data, stderr, ranks)
 
-    def cell(self, table: str, size: str, method: str, column: str) -> float | None:
+    def cell(self, table: str, size: str, method: str, column: str, **match: str) -> float | None:
+        """The value of ``column`` in the row of ``size`` and ``method`` (and ``match``: further key columns,
+        compared case-insensitively, e.g. Table 3's ``activation_checkpointing="false"``); None if absent."""
         frame = self.frames.get(table)
         if frame is None or column not in frame:
             return None
-        rows = frame[(frame["size"].astype(str) == size) & (frame["method"] == method)][column]
-        return None if rows.empty or pd.isna(rows.iloc[0]) else float(rows.iloc[0])
+        rows = (frame["size"].astype(str) == size) & (frame["method"] == method)
+        for key, value in match.items():
+            rows &= frame[key].astype(str).str.lower() == value
+        values = frame[rows][column]
+        return None if values.empty or pd.isna(values.iloc[0]) else float(values.iloc[0])
 
     def sizes(self, table: str) -> list[str]:
         frame = self.frames.get(table)
         return [] if frame is None else list(dict.fromkeys(frame["size"].astype(str)))
+
+
+def _sources(folder: Path, table: str) -> list[tuple[str, Path]]:
+    """(key, file) for every source named in ``folder/<table>.json`` that exists (relative paths are relative
+    to the run's working directory, the results folder's parent)."""
+    record = folder / f"{table}.json"
+    if not record.exists():
+        return []
+    pairs = [(key, Path(file) if Path(file).is_absolute() else folder.parent / file)
+             for key, file in json.loads(record.read_text()).get("sources", {}).items()]
+    return [(key, path) for key, path in pairs if path.exists()]
 
 
 @dataclass
@@ -146,20 +154,11 @@ def _memory(tables: Tables, a: str, b: str, checkpointing: str, column: str = "m
     """``a`` below (or, not ``strict``, at most) ``b`` in Table 3's ``column``."""
     out = []
     for size in tables.sizes("table3"):
-        x, y = (_t3(tables, size, m, checkpointing, column) for m in (a, b))
+        x, y = (tables.cell("table3", size, m, column, activation_checkpointing=checkpointing) for m in (a, b))
         if x is not None and y is not None:
             holds = x < y if strict else x <= y
             out.append(Check(holds, f"{size} ckpt={checkpointing} {column}: {a} {x:g} vs {b} {y:g}"))
     return out
-
-
-def _t3(tables: Tables, size: str, method: str, checkpointing: str, column: str) -> float | None:
-    frame = tables.frames.get("table3")
-    if frame is None:
-        return None
-    rows = frame[(frame["size"].astype(str) == size) & (frame["method"] == method)
-                 & (frame["activation_checkpointing"].str.lower() == checkpointing)][column]
-    return None if rows.empty or pd.isna(rows.iloc[0]) else float(rows.iloc[0])
 
 
 def _checkpointing_saves_lora_more(tables: Tables) -> list[Check]:
@@ -167,7 +166,8 @@ def _checkpointing_saves_lora_more(tables: Tables) -> list[Check]:
     for size in tables.sizes("table3"):
         saved = {}
         for name in ("LoRA", "SpIEL-AG", "SpIEL-MA"):
-            off, on = (_t3(tables, size, name, flag, "memory_gb") for flag in ("false", "true"))
+            off, on = (tables.cell("table3", size, name, "memory_gb", activation_checkpointing=flag)
+                       for flag in ("false", "true"))
             if off is not None and on is not None:
                 saved[name] = off - on
         if "LoRA" in saved and len(saved) > 1:
@@ -285,16 +285,16 @@ def cells(ours: Tables, paper: Tables, sizes: dict[str, str]) -> pd.DataFrame:
             continue
         columns = VALUES.get(table) or [c for c in mine.columns[2:] if c in theirs.columns]
         for record in mine.to_dict("records"):
+            ours_key = [str(record[key]) for key in keys]
+            paper_key = [sizes.get(v, v) if key == "size" else v for key, v in zip(keys, ours_key, strict=True)]
             match = theirs
-            for key in keys:
-                value = sizes.get(str(record[key]), str(record[key])) if key == "size" else str(record[key])
+            for key, value in zip(keys, paper_key, strict=True):
                 match = match[match[key].astype(str).str.lower() == value.lower()]
             for column in columns:
                 ours_value = record.get(column)
                 paper_value = None if match.empty else match.iloc[0][column]
-                rows.append({"table": table, "row": " / ".join(str(record[k]) for k in keys),
-                             "paper_row": " / ".join([sizes.get(str(record[keys[0]]), str(record[keys[0]]))]
-                                                     + [str(record[k]) for k in keys[1:]]) if not match.empty else "",
+                rows.append({"table": table, "row": " / ".join(ours_key),
+                             "paper_row": "" if match.empty else " / ".join(paper_key),
                              "column": column, "ours": ours_value, "paper": paper_value,
                              "difference": _difference(ours_value, paper_value)})
     return pd.DataFrame(rows, columns=["table", "row", "paper_row", "column", "ours", "paper", "difference"])
