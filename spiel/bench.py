@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from .memory import peak_memory_mb, synchronize
+
 METHODS = ("full", "lora", "spiel-ag", "spiel-ma")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -54,12 +56,6 @@ def prepare(method: str, model, args: argparse.Namespace):
     return spiel_model, optimizer, selector
 
 
-def peak_memory_mb(device: str, baseline_kb: int) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
-
-
 def run_method(method: str, args: argparse.Namespace) -> dict:
     """Train ``args.steps`` steps; per-step wall time and the time spent in drop-and-grow."""
     torch.set_num_threads(args.threads)
@@ -84,7 +80,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         selected = time.perf_counter()
         if selector is not None:
             selector.step()
-        _sync(args.device)
+        synchronize(args.device)
         end = time.perf_counter()
         step_times.append(end - start)
         select_times.append(end - selected)
@@ -123,10 +119,10 @@ def time_grad_phi(args: argparse.Namespace) -> list[dict]:
         for mode in ("dense", "sampled"):
             samples = []
             for _ in range(args.reps):
-                _sync(args.device)
+                synchronize(args.device)
                 start = time.perf_counter()
                 WeightGrad(x, gy, shape).at(idx, sampled=mode == "sampled")
-                _sync(args.device)
+                synchronize(args.device)
                 samples.append(time.perf_counter() - start)
             timings[mode] = statistics.median(samples[1:])
         rows.append({"density": density, "dense_ms": timings["dense"] * 1e3, "sampled_ms": timings["sampled"] * 1e3})
@@ -136,11 +132,6 @@ def time_grad_phi(args: argparse.Namespace) -> list[dict]:
 def _ratio(a: float, b: float) -> float:
     """a / b, NaN when b is zero (e.g. a peak-RSS growth below the page granularity)."""
     return a / b if b else float("nan")
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -156,23 +156,29 @@ def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
     times = []
     for step in range(spec.steps):
         _, micro = run.micro_batches(step % (run.steps_per_epoch * run.config.epochs), cache)
-        _sync(spec.device)
+        synchronize(spec.device)
         start = time.perf_counter()
         optimizer_step(run.trainable, micro)
-        _sync(spec.device)
+        synchronize(spec.device)
         times.append(time.perf_counter() - start)
-    if spec.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds_per_step": sum(times) / len(times), "step_seconds": times, "peak_mb": peak}
+    return {"seconds_per_step": sum(times) / len(times), "step_seconds": times, "peak_mb": peak_memory_mb(spec.device)}
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA), so that wall-clock times cover it."""
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: str, baseline_kb: int = 0) -> float:
+    """CUDA: peak memory allocated by PyTorch; CPU: this process's peak resident set size above ``baseline_kb``."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
 
 
 def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int) -> dict[str, Any]:
