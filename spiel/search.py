@@ -133,6 +133,5 @@ def select(grid: dict[str, Any], files: dict[str, str | Path], stage: str, stage
         if point in candidates:
             scored.append((Point(point.label, point.stage, hp), value))
     best, value = argmax(scored)
-    if stage == "1":
-        return {"selected": {"lr": best.hp["lr"]}, "label": best.label, "score": value, "points": rows}
-    return {"selected": best.hp, "label": best.label, "score": value, "points": rows}
+    selected = {"lr": best.hp["lr"]} if stage == "1" else best.hp
+    return {"selected": selected, "label": best.label, "score": value, "points": rows}

@@ -115,12 +115,12 @@ def build_table4(selections: dict[tuple[str, str], str | Path], full_lr: dict[st
                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Table 4: the selected lr, r and λ per (size, method) from ``selected.json`` files (``spiel.search``);
     Full FT's learning rate is not searched (App. D) and comes from ``full_lr``."""
-    from ..search import sci
+    from ..search import SEARCHED, sci
 
     rows, sources = [], {}
     sizes = list(dict.fromkeys([s for s, _ in selections] + list(full_lr)))
     for size in sizes:
-        for name in ("ia3", "lora", "spiel-ag", "spiel-ma"):
+        for name in SEARCHED:
             if (size, name) not in selections:
                 continue
             path = selections[size, name]
