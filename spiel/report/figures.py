@@ -19,6 +19,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from ..methods import method
+from ..provenance import atomic_open
 from ..tuner.model import WEIGHTS_NAME
 
 
@@ -50,13 +51,18 @@ def figure2(adapters: dict[str, str | Path], out: str | Path) -> pd.DataFrame:
     ax.set_title("Age of the converged indices after Flan v2 (Figure 2)")
     ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    fig.savefig(out.with_suffix(".pdf"))
-    plt.close(fig)
-    data.to_csv(out.with_suffix(".csv"))
+    _save(fig, data, Path(out), index=True)
     return data
+
+
+def _save(fig: plt.Figure, data: pd.DataFrame, out: Path, index: bool) -> None:
+    """``out`` (PNG, 150 dpi), its PDF and its CSV (the plotted data), each written atomically; closes ``fig``."""
+    for path, kwargs in ((out, {"format": "png", "dpi": 150}), (out.with_suffix(".pdf"), {"format": "pdf"})):
+        with atomic_open(path, "wb") as stream:
+            fig.savefig(stream, **kwargs)
+    plt.close(fig)
+    with atomic_open(out.with_suffix(".csv")) as stream:
+        data.to_csv(stream, index=index)
 
 
 def search_points(selections: dict[tuple[str, str], str | Path]) -> pd.DataFrame:
@@ -140,11 +146,5 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
 def figure4(selections: dict[tuple[str, str], str | Path], out: str | Path) -> pd.DataFrame:
     """Plot the search; writes ``out`` (PNG), its PDF and CSV (every point) twins and returns the points."""
     data = search_points(selections)
-    fig = plot_search(data)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    fig.savefig(out.with_suffix(".pdf"))
-    plt.close(fig)
-    data.to_csv(out.with_suffix(".csv"), index=False)
+    _save(plot_search(data), data, Path(out), index=False)
     return data
