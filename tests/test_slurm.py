@@ -79,8 +79,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
             run.kill()
             raise
     assert run.returncode == 0, log[-4000:]
-    assert re.search(r"has been submitted with SLURM jobid (\d+)", log)
-    training = [m for m in re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)]
+    training = re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)
     assert len(training) == 2 and jobs[0] in training  # the cancelled submission and its retry
     progress = (folder / "logs/train/tiny/tulu/lora.log").read_text()
     resumed_at, total = map(int, re.search(r"train lora: .*?\| *(\d+)/(\d+) \[", progress).groups())
