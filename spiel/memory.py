@@ -117,9 +117,12 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
         def preexec() -> None:
             limit = limit_mb * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    # one malloc arena and no tokenizer thread pool: the heap a probe needs does not vary with thread timing
+    # One malloc arena, no tokenizer thread pool, and every block of 64 KiB or more mapped on its own and returned
+    # to the system when freed (glibc otherwise raises that threshold as blocks are freed and serves later tensors
+    # from a heap that never shrinks): the limit then bounds the memory live at the peak, not how fragmented the
+    # heap got, and does not vary with thread timing.
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MALLOC_ARENA_MAX": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, preexec_fn=preexec,

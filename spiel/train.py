@@ -115,16 +115,29 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
     return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total)
 
 
+def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over the batch's target tokens (labels ≠ IGNORE, shifted by one).
+
+    The output layer is applied to the target positions only: the loss and its gradient equal those of the full
+    ``model(...).logits``, but no batch × length × vocabulary tensor is built (with a 49k vocabulary and ~10 %
+    target tokens that tensor and its softmax were the largest transients of a step, and the output layer ~20 %
+    of the forward FLOPs). Works for any causal LM with ``get_decoder``/``get_output_embeddings`` whose logits
+    are the output layer of the decoder's last hidden state (LLaMA, Mistral, SmolLM2, …).
+    """
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    labels = batch["labels"][:, 1:]
+    keep = labels != data.IGNORE
+    logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
+
+
 def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
     """One optimizer step over the micro-batches (loss summed per token of the whole step, then the SpIEL
     drop-and-grow driver); returns (loss, target tokens)."""
     loss_sum = 0.0
     tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
     for batch in micro:
-        logits = trainable.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum",
-            ignore_index=data.IGNORE) / max(1, tokens)
+        loss = target_loss(trainable.model, batch) / max(1, tokens)
         loss.backward()
         loss_sum += float(loss.detach())
     trainable.optimizer.step()

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from spiel import data
 from spiel.models import tiny_tokenizer
-from spiel.train import TrainConfig, lr_factor, train
+from spiel.train import TrainConfig, lr_factor, prepare, target_loss, train
 
 CHAT = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
         {"role": "user", "content": "Now double it."}, {"role": "assistant", "content": "10"}]
@@ -64,6 +64,30 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name):
     assert steps == list(range(1, 13))
     losses = [json.loads(x)["loss"] for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["full", "lora", "spiel-ag"])
+def test_target_loss_equals_the_full_logits_loss_and_gradient(setup, name):
+    """The output layer applied at target positions only gives the loss and gradients of ``model(...).logits``."""
+    run = prepare(setup / "model", name, setup / "train.jsonl", _config())
+    _, (batch, *_) = run.micro_batches(0, {})
+    assert 0 < int((batch["labels"] != data.IGNORE).sum()) < batch["labels"].numel()  # a partial mask
+    model = run.trainable.model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(loss):
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    torch.manual_seed(0)  # the same LoRA dropout masks in both passes
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                             reduction="sum", ignore_index=data.IGNORE)
+    want, want_grads = loss_and_grads(full)
+    torch.manual_seed(0)
+    got, got_grads = loss_and_grads(target_loss(model, batch))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["full", "ia3", "qspiel-ag", "qlora"])

@@ -16,7 +16,8 @@ rule memory:
         checkpointing="on|off",
     params:
         settings=memory_settings,
-        hp=lambda w: hyperparameters(w, rank=MEMORY.get("rank", 64)),
+        hp=lambda w: hyperparameters(w, rank=MEMORY.get("rank", 64),
+                                     **MEMORY.get("hyperparameters", {}).get(w.method, {})),
         search=" ".join(f"--{key.replace('_', '-')} {MEMORY.get(key, default)}" for key, default in
                         (("low_mb", 0), ("high_mb", 81920), ("step_mb", 1024), ("timeout_s", 3600), ("steps", 30),
                          ("device", "auto"))),
