@@ -53,8 +53,30 @@ def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if load_in_4bit and device == "cpu":
+        _release_checkpoint_mapping(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, tokenizer
+
+
+@torch.no_grad()
+def _release_checkpoint_mapping(model: nn.Module) -> None:
+    """Copy a 4-bit CPU model's unquantized tensors (embeddings, norms) out of the checkpoint file.
+
+    They are loaded as views of the safetensors file's copy-on-write mapping, which keeps the whole file — every
+    full-precision weight that was quantized — mapped and counted as the process's data (~3× the 4-bit model for
+    SmolLM2-135M). Copies let the mapping go.
+    """
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor is None or id(tensor) in seen or not tensor.dtype.is_floating_point:
+                continue
+            seen.add(id(tensor))
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = tensor.data.clone()
+            else:
+                setattr(module, name, tensor.clone())
 
 
 def apply_adapters(model: nn.Module, adapters: list[str | Path], merge: bool = True) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,17 @@ def test_cpu_search_on_a_tiny_model_passes_at_its_limit_and_fails_one_step_below
     # one step below it fails — usually with an out-of-memory message; a C extension whose allocation fails may
     # also end the probe with another error (a CI run saw "SystemError: error return without exception set")
     assert not below.passed and below.reason != "timeout"
+
+
+def test_a_4bit_cpu_model_does_not_keep_its_checkpoint_mapped(training_setup):
+    """The unquantized tensors of a 4-bit CPU model are copied out of the safetensors file, so that the file's
+    full-precision weights stop counting against a probe's limit."""
+    import gc
+
+    from spiel.adapters import load_base
+
+    checkpoint = str((training_setup / "model" / "model.safetensors").resolve())
+    model, _ = load_base(training_setup / "model", load_in_4bit=True, device="cpu")
+    gc.collect()
+    assert checkpoint not in Path("/proc/self/maps").read_text()
+    assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
