@@ -102,6 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
+    from .search import read_selection
     from .train import TrainConfig, train
 
     settings = _key_values(args.set)
@@ -111,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(f"--set: unknown training key(s) {unknown}; valid: {sorted(names)}")
     hp = _key_values(args.hp)
     for path in args.hp_file:
-        hp.update(json.loads(Path(path).read_text())["selected"])
+        hp.update(read_selection(path))
     config = TrainConfig(**settings, hp=hp)
     summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config,
                     work=Path(args.work) if args.work else None)

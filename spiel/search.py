@@ -96,6 +96,17 @@ def score(path: str | Path) -> float:
     return float(json.loads(Path(path).read_text())["value"])
 
 
+def read_selection(path: str | Path) -> dict[str, Any]:
+    """The selected hyperparameters of a ``select`` output file; a file that is not one is an error naming it."""
+    try:
+        selected = json.loads(Path(path).read_text())["selected"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a selection written by `spiel select` (no \"selected\" object)") from error
+    if not isinstance(selected, dict):
+        raise ValueError(f"{path}: \"selected\" is not an object of hyperparameters")
+    return selected
+
+
 def select(grid: dict[str, Any], files: dict[str, str | Path], stage: str, stage1: str | Path | None = None
            ) -> dict[str, Any]:
     """Select over the scored points (``files``: label → MMLU result JSON).
@@ -111,7 +122,9 @@ def select(grid: dict[str, Any], files: dict[str, str | Path], stage: str, stage
         raise ValueError(f"{unknown}: not points of the grid {sorted(by_label)}")
     first_lr = None
     if stage1 is not None:
-        first_lr = json.loads(Path(stage1).read_text())["selected"]["lr"]
+        first_lr = read_selection(stage1).get("lr")
+        if first_lr is None:
+            raise ValueError(f"{stage1}: the stage-1 selection has no learning rate")
     candidates = stage1_points(grid) if stage == "1" else points(grid)
     if stage == "final" and lambda_rank(grid) is not None:
         candidates = [p for p in candidates if p.hp.get("rank") == lambda_rank(grid)]

@@ -75,6 +75,26 @@ def test_spiel_lambda_search_uses_stage1_lr_at_lambda_rank(tmp_path):
         select(grid, {k: v for k, v in files.items() if k != "wd30"}, "final", tmp_path / "stage1.json")
 
 
+def test_a_file_that_is_not_a_selection_is_a_one_line_error(tmp_path, training_setup):
+    """``train --hp-file`` and ``select --stage1`` name the file that holds no selection; nothing is trained."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"label": "lr1e-5"}))
+    grid = {"lr": [1e-5], "rank": [8], "weight_decay": [0, 3]}
+    with pytest.raises(ValueError, match=r"bad\.json: not a selection"):
+        select(grid, _results(tmp_path, {"lr1e-5-r8": 1.0, "wd3": 2.0}), "final", bad)
+    done = subprocess.run([sys.executable, "-m", "spiel", "train", "--model", str(training_setup / "model"),
+                           "--method", "lora", "--data", str(training_setup / "train.jsonl"),
+                           "--out", str(tmp_path / "out"), "--hp", "lr=0.01", "--hp-file", str(bad)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {bad}: not a selection written by `spiel select` " \
+                                                   '(no "selected" object)'
+    assert not (tmp_path / "out").exists()
+
+
 def _fixture_selections(tmp: Path) -> dict[tuple[str, str], Path]:
     """Selections of a search at two sizes (scores chosen by hand) written as ``select`` writes them."""
     out = {}
