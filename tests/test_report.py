@@ -56,3 +56,23 @@ def test_table_cells_and_markdown_follow_the_paper_layout():
     frame = pd.DataFrame([{"size": "7b", "method": "LoRA", "flan_mmlu": 49.3, "tulu_plus_alpaca_humaneval": None}])
     assert markdown(frame).splitlines()[0] == "| Size | Method | Flan v2 MMLU | Tülu v2 + GPT4-Alpaca HumanEval |"
     assert markdown(frame).splitlines()[2] == "| 7b | LoRA | 49.3 |  |"
+
+
+def test_results_are_written_whole_with_the_usual_permissions(tmp_path):
+    """``atomic_open``: an interrupted write leaves nothing; a finished one has open()'s permissions (umask)."""
+    import os
+
+    from spiel.provenance import atomic_open
+
+    target = tmp_path / "table.csv"
+    with pytest.raises(RuntimeError), atomic_open(target) as out:
+        out.write("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    previous = os.umask(0o022)
+    try:
+        with atomic_open(target) as out:
+            out.write("whole\n")
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "whole\n" and target.stat().st_mode & 0o777 == 0o644
