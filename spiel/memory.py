@@ -24,7 +24,8 @@ from typing import Any
 
 from . import provenance
 
-MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction", "cpu": "RLIMIT_DATA (setrlimit)"}
+MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction",
+              "cpu": "RLIMIT_DATA (setrlimit), glibc mmap threshold 64 KiB"}
 OOM_MARKERS = ("out of memory", "memoryerror", "can't allocate memory", "cannot allocate memory",
                "failed to map segment", "std::bad_alloc")
 """Lower-case fragments of the messages with which an allocation failure ends a probe."""

@@ -183,7 +183,7 @@ def test_micro_config_produces_table3_from_its_memory_searches(micro):
     for row in table.itertuples(index=False):
         record = json.loads((micro / sources[f"{row.size}/{row.method}/false"]).read_text())
         assert row.memory_mb == record["memory_mb"] and row.memory_gb == round(record["memory_mb"] / 1024, 3)
-        assert row.seconds_per_step == round(record["seconds_per_step"], 3)
+        assert row.seconds_per_step == round(record["seconds_per_step"], 3) and row.steps == record["steps"]
         assert row.device.startswith("cpu") and row.mechanism.startswith("RLIMIT_DATA")  # never labelled GPU
         passed = [p for p in record["probes"] if p["passed"]]
         assert min(p["limit_mb"] for p in passed) == record["memory_mb"]

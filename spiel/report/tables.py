@@ -145,8 +145,8 @@ def markdown_table4(frame: pd.DataFrame) -> str:
 def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
     """Table 3 from ``memory`` result files: the paper's columns (memory in GB = GiB as in App. F, seconds per
     step at the lowest passing limit), then the device and mechanism that produced each number, the limit in MiB,
-    the measured peak (CUDA: allocated; CPU: resident) and the number of probes. A search that failed even at its
-    upper bound leaves the row's numbers empty."""
+    the measured peak (CUDA: allocated; CPU: resident), the number of probes and the steps per probe. A search
+    that failed even at its upper bound leaves the row's numbers empty."""
     rows, sources = [], {}
     for path in results:
         record = json.loads(Path(path).read_text())
@@ -159,7 +159,7 @@ def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str
                      else round(record["seconds_per_step"], 3),
                      "device": record["device"], "mechanism": record["mechanism"], "memory_mb": memory_mb,
                      "peak_mb": None if record["peak_mb"] is None else round(record["peak_mb"], 1),
-                     "probes": len(record["probes"])})
+                     "probes": len(record["probes"]), "steps": record["steps"]})
         sources[f"{record['size']}/{label}/{rows[-1]['activation_checkpointing']}"] = str(path)
     frame = pd.DataFrame(rows)
     frame["memory_mb"] = frame["memory_mb"].astype("Int64")
