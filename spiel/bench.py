@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 
 import torch
 
-from .memory import peak_memory_mb, synchronize
+from .memory import peak_memory_mb, resident_peak_kb, synchronize
 
 METHODS = ("full", "lora", "spiel-ag", "spiel-ma")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -67,7 +66,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_kb = resident_peak_kb()
     step_times, select_times = [], []
     phase_steps = set()
     for step in range(args.steps):

@@ -4,8 +4,11 @@ A method's memory requirement is the lowest memory limit at which ``steps`` trai
 found by binary search at a fixed granularity; its time is the mean step time of the probe at that limit. Every
 probe runs in a fresh process: on CUDA the limit is ``torch.cuda.set_per_process_memory_fraction`` (exactly the
 paper's mechanism); without CUDA the operating system enforces it on the probe process (``RLIMIT_DATA``: heap
-and private anonymous mappings), and the probe's peak resident memory is reported beside it. An out-of-memory
-error, any other failure, a timeout or a kill is a failed probe.
+and private writable mappings) from the moment the model is loaded and wrapped — what is then in use counts, but
+the loader's transients do not: the CPU loader maps the whole full-precision checkpoint while it quantizes a 4-bit
+model (the CUDA loader quantizes tensor by tensor), and that mapping would otherwise set every 4-bit requirement.
+The probe's peak resident memory over the training steps is reported beside it. An out-of-memory error, any other
+failure, a timeout or a kill is a failed probe.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Probe:
     reason: str = ""
     """Why it failed: "out of memory", "timeout", "killed by signal N" or the error's last line."""
     seconds_per_step: float | None = None
+    step_seconds: list[float] = field(default_factory=list)
+    """Each step's time (the mean above is the paper's figure; drop/grow and estimation steps stand out here)."""
     peak_mb: float | None = None
     """CUDA: peak memory allocated by PyTorch; CPU: peak resident set size of the probe process."""
     wall_s: float = 0.0
@@ -113,11 +118,6 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
     """Run one probe in a fresh ``python -m spiel memory-probe`` process under ``limit_mb``."""
     command = [sys.executable, "-m", "spiel", "memory-probe", "--spec", json.dumps(asdict(spec)),
                "--limit-mb", str(limit_mb)]
-    preexec = None
-    if spec.device == "cpu":
-        def preexec() -> None:
-            limit = limit_mb * 2**20
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     # One malloc arena, no tokenizer thread pool, and every block of 64 KiB or more mapped on its own and returned
     # to the system when freed (glibc otherwise raises that threshold as blocks are freed and serves later tensors
     # from a heap that never shrinks): the limit then bounds the memory live at the peak, not how fragmented the
@@ -126,14 +126,14 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
            "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, preexec_fn=preexec,
-                              env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return Probe(limit_mb, False, "timeout", wall_s=time.perf_counter() - start)
     wall = time.perf_counter() - start
     if done.returncode == 0:
         report = json.loads(done.stdout.strip().splitlines()[-1])
-        return Probe(limit_mb, True, "", report["seconds_per_step"], report["peak_mb"], wall)
+        return Probe(limit_mb, True, seconds_per_step=report["seconds_per_step"], step_seconds=report["step_seconds"],
+                     peak_mb=report["peak_mb"], wall_s=wall)
     # an allocation failure can end in an exception, an exit or an abort (SIGABRT): the message decides
     if any(m in done.stderr.lower() for m in OOM_MARKERS):
         return Probe(limit_mb, False, "out of memory", wall_s=wall)
@@ -155,6 +155,9 @@ def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_mb * 2**20 / total))
     run = prepare(Path(spec.model), spec.method, Path(spec.data), TrainConfig(**spec.settings, hp=spec.hp),
                   total=spec.steps)
+    if spec.device == "cpu":
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_mb * 2**20, limit_mb * 2**20))
+        Path("/proc/self/clear_refs").write_text("5")  # peak resident memory from here on (Linux)
     run.trainable.model.train()
     cache: dict[int, list] = {}
     times = []
@@ -182,7 +185,13 @@ def peak_memory_mb(device: str, baseline_kb: int = 0) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+    return (resident_peak_kb() - baseline_kb) / 1024
+
+
+def resident_peak_kb() -> int:
+    """This process's peak resident set size in KiB (``VmHWM``: resettable through ``/proc/self/clear_refs``)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
 
 
 def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int) -> dict[str, Any]:
