@@ -130,9 +130,9 @@ def cmd_memory(args: argparse.Namespace) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is visible (use --device auto or cpu)")
-    spec = ProbeSpec(args.model, args.method, args.data, args.steps, device, _key_values(args.set),
-                     _key_values(args.hp), args.timeout_s, args.threads)
-    record = measure(spec, args.low_mb, args.high_mb, args.step_mb)
+    spec = ProbeSpec(args.model, args.method, args.data, args.steps, device=device, settings=_key_values(args.set),
+                     hp=_key_values(args.hp), timeout_s=args.timeout_s, threads=args.threads)
+    record = measure(spec, args.low_mb, args.high_mb, args.step_mb, args.search_steps)
     write_json_atomic({**record, "size": args.size}, args.out)
     print(json.dumps({k: record[k] for k in ("method", "gradient_checkpointing", "device", "memory_mb",
                                              "seconds_per_step", "peak_mb", "wall_s")}))
@@ -317,7 +317,9 @@ def parser() -> argparse.ArgumentParser:
     me.add_argument("--data", required=True, help="Flan v2 conversations JSONL")
     me.add_argument("--size", default="", help="the model size label recorded in the result")
     me.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    me.add_argument("--steps", type=int, default=30)
+    me.add_argument("--steps", type=int, default=30, help="training steps a probe must complete (the paper: 30)")
+    me.add_argument("--search-steps", type=int, help="steps of the binary search's probes (a prefix of the run); "
+                                                     "the limit found is then confirmed with STEPS steps")
     me.add_argument("--low-mb", type=int, default=0, help="a limit known to fail")
     me.add_argument("--high-mb", type=int, required=True, help="a limit expected to pass (probed if all else fail)")
     me.add_argument("--step-mb", type=int, default=1024, help="granularity (the paper: 1 GiB)")

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Probe:
     limit_mb: int
     passed: bool
     reason: str = ""
+    steps: int | None = None
     """Why it failed: "out of memory", "timeout", "killed by signal N" or the error's last line."""
     seconds_per_step: float | None = None
     step_seconds: list[float] = field(default_factory=list)
@@ -106,6 +108,9 @@ class ProbeSpec:
     method: str
     data: str
     steps: int = 30
+    """The run's length: the drop/grow schedule plans for it, and a probe that runs all of it can pass."""
+    run_steps: int | None = None
+    """Run only the first ``run_steps`` of those steps (the short probes of a search; None: all)."""
     device: str = "cpu"
     settings: dict[str, Any] = field(default_factory=dict)
     """Training settings (spiel.train.TrainConfig fields)."""
@@ -124,23 +129,24 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
     # heap got, and does not vary with thread timing.
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MALLOC_ARENA_MAX": "1",
            "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "TOKENIZERS_PARALLELISM": "false"}
+    probe = partial(Probe, limit_mb, steps=spec.run_steps or spec.steps)
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return Probe(limit_mb, False, "timeout", wall_s=time.perf_counter() - start)
+        return probe(False, "timeout", wall_s=time.perf_counter() - start)
     wall = time.perf_counter() - start
     if done.returncode == 0:
         report = json.loads(done.stdout.strip().splitlines()[-1])
-        return Probe(limit_mb, True, seconds_per_step=report["seconds_per_step"], step_seconds=report["step_seconds"],
+        return probe(True, seconds_per_step=report["seconds_per_step"], step_seconds=report["step_seconds"],
                      peak_mb=report["peak_mb"], wall_s=wall)
     # an allocation failure can end in an exception, an exit or an abort (SIGABRT): the message decides
     if any(m in done.stderr.lower() for m in OOM_MARKERS):
-        return Probe(limit_mb, False, "out of memory", wall_s=wall)
+        return probe(False, "out of memory", wall_s=wall)
     if done.returncode < 0:
-        return Probe(limit_mb, False, f"killed by signal {-done.returncode}", wall_s=wall)
+        return probe(False, f"killed by signal {-done.returncode}", wall_s=wall)
     tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-    return Probe(limit_mb, False, tail[0][-300:], wall_s=wall)
+    return probe(False, tail[0][-300:], wall_s=wall)
 
 
 def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
@@ -161,7 +167,7 @@ def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
     run.trainable.model.train()
     cache: dict[int, list] = {}
     times = []
-    for step in range(spec.steps):
+    for step in range(spec.run_steps or spec.steps):
         _, micro = run.micro_batches(step % (run.steps_per_epoch * run.config.epochs), cache)
         synchronize(spec.device)
         start = time.perf_counter()
@@ -194,16 +200,34 @@ def resident_peak_kb() -> int:
     return int(status.split("VmHWM:")[1].split()[0])
 
 
-def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int) -> dict[str, Any]:
-    """The memory requirement and step time of ``spec`` (App. F), with every probe, as a JSON-ready record."""
+def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int, search_steps: int | None = None,
+            runner: Callable[[ProbeSpec, int], Probe] = run_probe) -> dict[str, Any]:
+    """The memory requirement and step time of ``spec`` (App. F), with every probe, as a JSON-ready record.
+
+    With ``search_steps`` below ``spec.steps``, the binary search's probes run only the first ``search_steps`` steps
+    of the run (same schedule, same batches). A prefix of a run needs no more memory than the whole, so their
+    lowest passing limit is a lower bound: whole-run probes from there upwards, one granule at a time, find the
+    lowest limit at which all ``spec.steps`` steps complete, and the first that passes gives the step time.
+    ``runner`` runs one probe (tests pass a fake).
+    """
     start = time.perf_counter()
-    search = binary_search(lambda limit: run_probe(spec, limit), low_mb, high_mb, step_mb)
-    passing = search.passing
+    short = replace(spec, run_steps=search_steps) if search_steps and search_steps < spec.steps else spec
+    search = binary_search(lambda limit: runner(short, limit), low_mb, high_mb, step_mb)
+    probes, limit, passing = list(search.probes), search.limit_mb, search.passing
+    if short is not spec and limit is not None:
+        passing = None
+        for candidate in sorted({*range(limit, high_mb, step_mb), high_mb}):
+            probes.append(runner(spec, candidate))
+            if probes[-1].passed:
+                passing = probes[-1]
+                break
+        limit = passing.limit_mb if passing else None
     return {"method": spec.method, "gradient_checkpointing": bool(spec.settings.get("gradient_checkpointing")),
             "device": provenance.device(spec.device),
             "mechanism": MECHANISMS["cpu" if spec.device == "cpu" else "cuda"],
-            "memory_mb": search.limit_mb, "seconds_per_step": passing.seconds_per_step if passing else None,
+            "memory_mb": limit, "seconds_per_step": passing.seconds_per_step if passing else None,
             "peak_mb": passing.peak_mb if passing else None, "steps": spec.steps,
+            "search_steps": short.run_steps or spec.steps,
             "bounds_mb": {"low": low_mb, "high": high_mb, "step": step_mb},
-            "probes": [asdict(p) for p in search.probes], "wall_s": time.perf_counter() - start,
+            "probes": [asdict(p) for p in probes], "wall_s": time.perf_counter() - start,
             "spec": asdict(spec)}

@@ -35,6 +35,27 @@ def test_search_finds_a_known_threshold_in_log2_probes(low, high, step):
         assert search.passing is not None and search.passing.limit_mb == lowest
 
 
+@pytest.mark.parametrize(("whole_threshold", "expected"), [(1000, 1024), (1150, 1152), (5000, None)])
+def test_short_search_probes_are_confirmed_by_whole_runs(whole_threshold, expected):
+    """Search probes run a prefix (passing from 1000 MiB); whole runs from the limit found upwards, one granule at a
+    time, give the requirement and the step time (or None when even the upper bound fails)."""
+    from spiel.memory import measure
+
+    def runner(spec: ProbeSpec, limit: int) -> Probe:
+        whole = spec.run_steps is None
+        passed = limit >= (whole_threshold if whole else 1000)
+        return Probe(limit, passed, steps=spec.run_steps or spec.steps, seconds_per_step=2.0 if whole else 1.0)
+
+    spec = ProbeSpec("model", "lora", "data.jsonl", steps=30)
+    record = measure(spec, 0, 2048, 64, search_steps=6, runner=runner)
+    assert record["memory_mb"] == expected and record["steps"] == 30 and record["search_steps"] == 6
+    short = [p for p in record["probes"] if p["steps"] == 6]
+    whole = [p["limit_mb"] for p in record["probes"] if p["steps"] == 30]
+    assert len(short) == 5 and max(p["limit_mb"] for p in short if not p["passed"]) == 960
+    assert whole == list(range(1024, (expected or 2048) + 1, 64))
+    assert record["seconds_per_step"] == (2.0 if expected else None)
+
+
 def test_search_that_fails_at_the_upper_bound_reports_none():
     calls: list[int] = []
     search = binary_search(_fake(10**9, calls), 0, 8192, 1024)
