@@ -42,8 +42,9 @@ class Probe:
     limit_mb: int
     passed: bool
     reason: str = ""
-    steps: int | None = None
     """Why it failed: "out of memory", "timeout", "killed by signal N" or the error's last line."""
+    steps: int | None = None
+    """Training steps the probe ran (a search's short probes run a prefix of the run)."""
     seconds_per_step: float | None = None
     step_seconds: list[float] = field(default_factory=list)
     """Each step's time (the mean above is the paper's figure; drop/grow and estimation steps stand out here)."""

@@ -20,8 +20,7 @@ rule memory:
                                      **MEMORY.get("hyperparameters", {}).get(w.method, {})),
         search=" ".join(f"--{key.replace('_', '-')} {MEMORY.get(key, default)}" for key, default in
                         (("low_mb", 0), ("high_mb", 81920), ("step_mb", 1024), ("timeout_s", 3600), ("steps", 30),
-                         ("device", "auto")))
-        + (f" --search-steps {MEMORY['search_steps']}" if "search_steps" in MEMORY else ""),
+                         ("search_steps", MEMORY.get("steps", 30)), ("device", "auto"))),
     threads: config.get("threads", 1)
     resources:
         **job_resources("memory_runtime", 600),
