@@ -101,7 +101,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
 
 def time_grad_phi(args: argparse.Namespace) -> list[dict]:
     """Median time of ∂L/∂φ for one MLP-shaped layer: dense gather (Eq. 6) vs sampled (Eq. 16)."""
-    from spiel.tuner.delta import WeightGrad
+    from spiel.tuner.delta import WeightGrad, uniform_subset
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -113,7 +113,7 @@ def time_grad_phi(args: argparse.Namespace) -> list[dict]:
     rows = []
     for density in (0.003, 0.01, 0.023):
         count = int(density * shape[0] * shape[1])
-        idx = torch.randperm(shape[0] * shape[1], generator=g)[:count].sort().values.to(args.device)
+        idx = uniform_subset(shape[0] * shape[1], count, g).to(args.device)
         timings = {}
         for mode in ("dense", "sampled"):
             samples = []

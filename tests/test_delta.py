@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spiel.tuner.delta import SparseDelta, sparse_linear
+from spiel.tuner.delta import SparseDelta, sparse_linear, uniform_subset
 from spiel.tuner.layers import SpielLinear
 
 
@@ -106,3 +106,48 @@ def test_delta_rejects_bad_indices():
     with pytest.raises(ValueError, match="grad_mode"):
         sparse_linear(torch.zeros(1, 4), torch.zeros(1), torch.zeros(1, dtype=torch.long),
                       lambda d: torch.zeros(4, 4, dtype=d), None, "magic")
+
+
+def test_sampled_gradient_accumulates_bf16_operands_in_fp32():
+    """A bf16 layer's sampled ∂L/∂φ is the fp32 product of its bf16 operands at η (issue 16.1: one dtype rule
+    on every device; cuSPARSE's SDDMM has no bf16 kernel)."""
+    weight, _bias, delta, x, gy = _case(torch.bfloat16, out_f=64, in_f=96, count=300)
+    values = delta.values.detach().clone().requires_grad_(True)
+    sparse_linear(x, values, delta.indices, lambda d: weight.to(d, copy=True), None, "sampled").backward(gy)
+    exact = (gy.reshape(-1, 64).float().t() @ x.reshape(-1, 96).float()).reshape(-1)[delta.indices.long()]
+    assert values.grad.dtype == torch.float32
+    assert torch.allclose(values.grad, exact, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("numel,count", [(10, 7), (10_000, 37), (1000, 500), (5, 0)])
+def test_uniform_subset_is_unique_sorted_and_in_range(numel, count):
+    picked = uniform_subset(numel, count, torch.Generator().manual_seed(1))
+    assert picked.numel() == count and picked.dtype == torch.int32
+    assert bool((picked[1:] > picked[:-1]).all()) and (count == 0 or (int(picked.min()) >= 0 and picked.max() < numel))
+
+
+def test_uniform_subset_is_uniform():
+    """Each position is picked with probability count/numel: over 4000 draws of 3 out of 12 the counts per
+    position stay within 5 standard deviations of 1000 (binomial sd ≈ 27), and every pair appears."""
+    g = torch.Generator().manual_seed(0)
+    numel, count, draws = 12, 3, 4000
+    hits = torch.zeros(numel)
+    pairs = set()
+    for _ in range(draws):
+        picked = uniform_subset(numel, count, g).tolist()
+        hits[picked] += 1
+        pairs.update((a, b) for a in picked for b in picked if a < b)
+    expected = draws * count / numel
+    sd = (draws * count / numel * (1 - count / numel)) ** 0.5
+    assert (hits - expected).abs().max() < 5 * sd
+    assert len(pairs) == numel * (numel - 1) // 2
+
+
+def test_uniform_subset_large_range_needs_no_permutation(monkeypatch):
+    """A 7b-sized tensor (45M positions) at 0.1 %: drawn without torch.randperm over the whole range."""
+    calls = []
+    original = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda n, *a, **k: calls.append(n) or original(n, *a, **k))
+    picked = uniform_subset(11008 * 4096, 45_000, torch.Generator().manual_seed(0))
+    assert picked.numel() == 45_000 and int(picked.unique().numel()) == 45_000
+    assert max(calls) < 60_000

@@ -50,7 +50,7 @@ def _config(**hp):
                        hp={"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 1, **hp})
 
 
-@pytest.mark.parametrize("name", ["spiel-ag", "spiel-ma", "lora"])
+@pytest.mark.parametrize("name", ["spiel-ag", "spiel-ma", "lora", "qspiel-ag", "qspiel-ma"])
 def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name):
     whole = train(setup / "model", name, setup / "train.jsonl", tmp_path / "whole", _config())
     assert whole["finished"] and whole["steps"] == 12

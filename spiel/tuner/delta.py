@@ -31,6 +31,29 @@ def index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel < 2**31 else torch.int64
 
 
+def uniform_subset(numel: int, count: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """``count`` distinct positions of ``[0, numel)``, uniformly at random, sorted, on ``device``.
+
+    No permutation of all ``numel`` positions (minutes per 7b model on a CPU): while the subset is at most half
+    the range, draw positions with replacement, keep the distinct ones and repeat until there are enough, then keep
+    a random ``count`` of them. Every step is invariant under relabelling the positions, so each ``count``-subset is
+    equally likely. ``generator`` must live on ``device`` (a CPU generator is used for the CPU and when omitted).
+    """
+    if not 0 <= count <= numel:
+        raise ValueError(f"cannot pick {count} distinct positions out of {numel}")
+    dtype = index_dtype(numel)
+    if 2 * count > numel:
+        picked = torch.randperm(numel, generator=generator, device=device)[:count]
+        return picked.sort().values.to(dtype)
+    picked = torch.empty(0, dtype=torch.int64, device=device)
+    while picked.numel() < count:
+        draws = torch.randint(numel, (count + count // 8 + 16,), generator=generator, device=device)
+        picked = torch.unique(torch.cat([picked, draws]))
+    keep = torch.randperm(picked.numel(), generator=generator, device=device)[:count]
+    return picked[keep].sort().values.to(dtype)
+
+
 class SparseDelta(nn.Module):
     """Indices η, values φ and per-entry growth step for one ``out × in`` weight tensor.
 
@@ -58,9 +81,8 @@ class SparseDelta(nn.Module):
                device: torch.device | str = "cpu",
                values_dtype: torch.dtype = torch.float32) -> SparseDelta:
         """A uniformly random, sorted subset of ``count`` positions with φ = 0 (Alg. 1, line 4)."""
-        numel = shape[0] * shape[1]
-        picked = torch.randperm(numel, generator=generator)[:count].sort().values
-        return cls(shape, picked.to(device), values_dtype=values_dtype)
+        picked = uniform_subset(shape[0] * shape[1], count, generator, device)
+        return cls(shape, picked, values_dtype=values_dtype)
 
     @property
     def numel(self) -> int:
@@ -122,10 +144,14 @@ class WeightGrad:
         return sampled_grad(*self._operands, indices, self.shape)
 
 
+SAMPLED_DTYPE = torch.float32
+"""Operand dtype of the sampled products on every device: neither cuSPARSE's SDDMM nor the CPU kernel takes
+bf16, and fp32 accumulation keeps the sampled ∂L/∂φ equal to the dense gradient gathered at η."""
+
+
 def sampled_operands(x2d: Tensor, gy2d: Tensor) -> tuple[Tensor, Tensor]:
-    """(X, ∂L/∂Yᵀ) laid out for ``sampled_addmm``: contiguous, fp32 where the kernel lacks bf16 (CPU)."""
-    dtype = x2d.dtype if x2d.is_cuda else torch.float32
-    return x2d.to(dtype), gy2d.t().to(dtype).contiguous()
+    """(X, ∂L/∂Yᵀ) laid out for ``sampled_addmm``: contiguous, in :data:`SAMPLED_DTYPE` whatever the device."""
+    return x2d.to(SAMPLED_DTYPE), gy2d.t().to(SAMPLED_DTYPE).contiguous()
 
 
 def sampled_grad(x2d: Tensor, gy_t: Tensor, indices: Tensor, shape: tuple[int, int]) -> Tensor:

@@ -83,9 +83,12 @@ class SpielModel(nn.Module):
             raise ValueError(f"adapter {adapter_name!r} already exists")
         layers = self.spiel_layers()
         counts = entries_per_tensor(config, {n: layer.shape for n, layer in layers.items()})
-        generator = torch.Generator().manual_seed(config.seed)
+        generators: dict[torch.device, torch.Generator] = {}  # one per device: η is drawn where it lives
         for name, layer in layers.items():
             device = _device_of(layer.base_layer)
+            if device not in generators:
+                generators[device] = torch.Generator(device=device).manual_seed(config.seed)
+            generator = generators[device]
             layer.spiel_deltas[adapter_name] = SparseDelta.random(
                 layer.shape, counts[name], generator, device, _values_dtype(config, layer))
             layer.grad_mode = config.grad_mode

@@ -48,6 +48,18 @@ class _SparseOptimizer(torch.optim.Optimizer):
     def _state(self, param: Tensor) -> dict:
         raise NotImplementedError
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but every state tensor keeps its saved dtype: torch casts floating state to the parameter's
+        dtype, which for bf16 values (qSpIEL) would turn fp32 moments, ages and SM3 accumulators into bf16 on resume
+        (an age of 300 + 1 stays 300 in bf16)."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            state = self.state[params[index]]
+            for name, value in saved.items():
+                if torch.is_tensor(value):
+                    state[name] = value.to(device=params[index].device, dtype=value.dtype, copy=True)
+
 
 class SparseAdamW(_SparseOptimizer):
     """AdamW with per-entry age for bias correction; β = (0.9, 0.999), ε = 1e-6 (authors' code)."""
