@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .master_weights import MasterWeights, master_adamw
 from .tuner import Reselector, SpielConfig, get_spiel_model, make_optimizer
 from .tuner.config import LLAMA_TARGETS
 
@@ -55,17 +56,30 @@ class Trainable:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     reselector: Reselector | None = None
+    masters: MasterWeights | None = None
+    """fp32 copies of bf16 trainable parameters, which the optimizer updates (FullIFT, qLoRA)."""
 
-    def after_step(self) -> None:
+    def step(self) -> None:
+        """Apply the accumulated gradients: optimizer step (through the fp32 masters, if any), then drop-and-grow."""
+        if self.masters is not None:
+            self.masters.before_step()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.masters is not None:
+            self.masters.after_step()
         if self.reselector is not None:
             self.reselector.step()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that changes in training (trainable tensors, SpIEL indices, optimizer, selector)."""
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        """Everything that changes in training (trainable tensors, SpIEL indices, optimizer, selector); a parameter
+        with an fp32 master is saved as its master only."""
+        mastered = {id(p) for p, _ in self.masters.pairs} if self.masters is not None else set()
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in mastered}
         tensors = {k: v.detach().clone() for k, v in self.model.state_dict().items()
                    if k in trainable or k.endswith((".indices", ".grown_at"))}
         state = {"tensors": tensors, "optimizer": self.optimizer.state_dict()}
+        if self.masters is not None:
+            state["masters"] = self.masters.state_dict()
         if self.reselector is not None:
             state["reselector"] = self.reselector.state_dict()
         return state
@@ -75,6 +89,8 @@ class Trainable:
         if missing:
             raise ValueError(f"checkpoint does not fit this model: {sorted(missing)[:3]} …")
         self.model.load_state_dict(state["tensors"], strict=False)
+        if self.masters is not None:
+            self.masters.load_state_dict(state["masters"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.reselector is not None:
             self.reselector.load_state_dict(state["reselector"])
@@ -88,7 +104,8 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> T
     if spec.kind == "none":
         raise ValueError(f"{name} is not trained")
     if spec.kind == "full":
-        return Trainable(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=hp.get("weight_decay", 0.0)))
+        optimizer, masters = master_adamw(model.parameters(), lr, float(hp.get("weight_decay", 0.0)))
+        return Trainable(model, optimizer, masters=masters)
     if spec.kind == "spiel":
         config = SpielConfig(lora_rank=int(hp.get("rank", 64)), growth=spec.growth, target_modules=targets,
                              update_interval=int(hp.get("update_interval", 20)),
@@ -106,7 +123,15 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> T
     else:
         config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"],
                            task_type="CAUSAL_LM")
-    wrapped = get_peft_model(model, config)
+    # On a 4-bit base the adapter is stored in bf16 (App. B; the authors cast every lora_ parameter), updated
+    # through fp32 masters by paged AdamW on CUDA (the authors' qLoRA optimizer); otherwise fp32 and AdamW.
+    wrapped = get_peft_model(model, config, autocast_adapter_dtype=not spec.quantized)
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    return Trainable(wrapped, torch.optim.AdamW(params, lr=lr, weight_decay=float(hp.get("weight_decay", 0.0))))
+    weight_decay = float(hp.get("weight_decay", 0.0))
+    if not spec.quantized:
+        return Trainable(wrapped, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    for param in params:
+        param.data = param.data.to(torch.bfloat16)
+    optimizer, masters = master_adamw(params, lr, weight_decay)
+    return Trainable(wrapped, optimizer, masters=masters)
 

@@ -140,9 +140,7 @@ def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]]) -
         loss = target_loss(trainable.model, batch) / max(1, tokens)
         loss.backward()
         loss_sum += float(loss.detach())
-    trainable.optimizer.step()
-    trainable.optimizer.zero_grad(set_to_none=True)
-    trainable.after_step()
+    trainable.step()
     return loss_sum, tokens
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from spiel import data
 from spiel.models import tiny_tokenizer
-from spiel.train import TrainConfig, lr_factor, prepare, target_loss, train
+from spiel.train import TrainConfig, lr_factor, optimizer_step, prepare, target_loss, train
 
 CHAT = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"},
         {"role": "user", "content": "Now double it."}, {"role": "assistant", "content": "10"}]
@@ -50,13 +50,18 @@ def _config(**hp):
                        hp={"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 1, **hp})
 
 
-@pytest.mark.parametrize("name", ["spiel-ag", "spiel-ma", "lora", "qspiel-ag", "qspiel-ma"])
-def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name):
-    whole = train(setup / "model", name, setup / "train.jsonl", tmp_path / "whole", _config())
+@pytest.mark.parametrize("name,dtype", [("spiel-ag", "float32"), ("spiel-ma", "float32"), ("lora", "float32"),
+                                        ("qspiel-ag", "float32"), ("qspiel-ma", "float32"), ("qlora", "float32"),
+                                        ("full", "bfloat16")])
+def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name, dtype):
+    """Bit-identical resume, also where state is fp32 beside bf16 values (qSpIEL, qLoRA and bf16 FullIFT masters)."""
+    config = _config()
+    config.dtype = dtype
+    whole = train(setup / "model", name, setup / "train.jsonl", tmp_path / "whole", config)
     assert whole["finished"] and whole["steps"] == 12
-    partial = train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", _config(), stop_after=5)
+    partial = train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", config, stop_after=5)
     assert not partial["finished"] and (tmp_path / "cut" / "checkpoint.pt").exists()
-    train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", _config())
+    train(setup / "model", name, setup / "train.jsonl", tmp_path / "cut", config)
     a = load_file(next((tmp_path / "whole").glob("*.safetensors")))
     b = load_file(next((tmp_path / "cut").glob("*.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -128,3 +133,55 @@ def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path):
     assert not (tmp_path / "cut.w").exists()  # the work folder is removed once the adapter is written
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 97))
+
+
+def _weight_change(run, steps: int, optimizer=None) -> tuple[float, float]:
+    """(‖W_T − W_0‖ over every parameter, fraction of the projection weights that changed) after ``steps``
+    optimizer steps on the run's first batch."""
+    model = run.trainable.model.train()
+    start = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    _, micro = run.micro_batches(0, {})
+    for _ in range(steps):
+        if optimizer is None:
+            optimizer_step(run.trainable, micro)
+        else:
+            for batch in micro:
+                target_loss(model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    moved = {n: p.detach().float() - start[n] for n, p in model.named_parameters()}
+    projections = [d for n, d in moved.items() if "proj" in n]
+    changed = sum(int((d != 0).sum()) for d in projections) / sum(d.numel() for d in projections)
+    return float(sum((d ** 2).sum() for d in moved.values()) ** 0.5), changed
+
+
+def test_bf16_full_finetuning_moves_the_weights_as_fp32_does(setup):
+    """Issue 16.2: at FullIFT's lr 2e-5 an AdamW update is below half a bf16 ulp for most weights. Through fp32
+    masters a bf16 model moves as far as an fp32 one over 30 steps (ratio of ‖W_T − W_0‖ ≈ 1, almost every weight
+    changed); AdamW applied to the bf16 weights directly leaves most weights where they were (measured: 31 % of
+    the projection weights changed, norm ratio 0.67)."""
+    def run(dtype):
+        return prepare(setup / "model", "full", setup / "train.jsonl",
+                       TrainConfig(batch_size=4, micro_batch_size=4, max_length=64, dtype=dtype, hp={"lr": 2e-5}))
+
+    fp32, _ = _weight_change(run("float32"), 30)
+    bf16, bf16_changed = _weight_change(run("bfloat16"), 30)
+    plain = run("bfloat16")
+    naive, naive_changed = _weight_change(plain, 30, torch.optim.AdamW(plain.trainable.model.parameters(), lr=2e-5))
+    assert 0.95 < bf16 / fp32 < 1.05 and bf16_changed > 0.95, (bf16, fp32, bf16_changed)
+    assert naive / fp32 < 0.8 and naive_changed < 0.5, (naive, fp32, naive_changed)
+    assert all(p.dtype == torch.bfloat16 for p in plain.trainable.model.parameters())
+
+
+def test_qlora_adapter_is_bf16_with_fp32_masters(setup):
+    """§4.1 / App. B: on a 4-bit base the PEFT parameters are stored in bf16; the optimizer updates fp32 copies."""
+    run = prepare(setup / "model", "qlora", setup / "train.jsonl", _config())
+    lora = [p for p in run.trainable.model.parameters() if p.requires_grad]
+    assert lora and all(p.dtype == torch.bfloat16 for p in lora)
+    masters = run.trainable.masters
+    assert [m.dtype for m in masters.optimized] == [torch.float32] * len(lora)
+    run.trainable.model.train()
+    _, micro = run.micro_batches(0, {})
+    optimizer_step(run.trainable, micro)
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in masters.pairs)
+    assert any(bool((m != m.to(torch.bfloat16).float()).any()) for _, m in masters.pairs)  # masters hold more
