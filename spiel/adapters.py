@@ -31,10 +31,24 @@ def adapter_type(directory: str | Path) -> str:
     return json.loads(path.read_text()).get("peft_type", "")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → CUDA when visible, else the CPU; ``cuda`` without a visible GPU is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device {name!r}: choose from {', '.join(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda: no CUDA device is visible (use auto or cpu)")
+    return name
+
+
 def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
-              device: str | None = None):
-    """(model, tokenizer) from a local Hugging Face folder, on ``device`` (default CUDA when available, else the
-    CPU); never downloads."""
+              device: str = "auto"):
+    """(model, tokenizer) from a local Hugging Face folder, on ``device`` (see :func:`resolve_device`); never
+    downloads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(model_dir)
@@ -42,7 +56,7 @@ def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in
         raise ModelNotFound(f"model {model_dir!r} is not a local Hugging Face folder (no config.json). Download it "
                             f"first (e.g. `hf download {model_dir} --local-dir models/NAME`) and point the config "
                             f"at that folder; runs are offline.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if device != "cpu":
         kwargs["device_map"] = {"": device}
@@ -51,7 +65,7 @@ def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if load_in_4bit and device == "cpu":
         _release_checkpoint_mapping(model)

@@ -80,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not Path(data).exists():
             raise FileNotFoundError(f"--data {data}: no such file (run `python -m spiel prepare-eval` first)")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit)
+    model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit, device=args.device)
     model = apply_adapters(model, args.adapter, merge=not args.load_in_4bit).eval()
     from lm_eval.models.huggingface import HFLM
 
@@ -120,16 +120,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
-    import torch
-
+    from .adapters import resolve_device
     from .memory import ProbeSpec, measure
     from .provenance import write_json_atomic
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible (use --device auto or cpu)")
+    device = resolve_device(args.device)
     spec = ProbeSpec(args.model, args.method, args.data, args.steps, device=device, settings=_key_values(args.set),
                      hp=_key_values(args.hp), timeout_s=args.timeout_s, threads=args.threads)
     record = measure(spec, args.low_mb, args.high_mb, args.step_mb, args.search_steps)
@@ -288,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
                     help="protocol overrides: shots=3 (all benchmarks) or mmlu.shots=3 (one)")
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when visible")
     ev.set_defaults(func=cmd_evaluate)
 
     tr = commands.add_parser("train", help="train one method on one instruction dataset",

@@ -160,8 +160,8 @@ def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
     if spec.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_mb * 2**20 / total))
-    run = prepare(Path(spec.model), spec.method, Path(spec.data), TrainConfig(**spec.settings, hp=spec.hp),
-                  total=spec.steps)
+    config = TrainConfig(**{**spec.settings, "device": spec.device}, hp=spec.hp)
+    run = prepare(Path(spec.model), spec.method, Path(spec.data), config, total=spec.steps)
     if spec.device == "cpu":
         resource.setrlimit(resource.RLIMIT_DATA, (limit_mb * 2**20, limit_mb * 2**20))
         Path("/proc/self/clear_refs").write_text("5")  # peak resident memory from here on (Linux)
@@ -223,6 +223,10 @@ def measure(spec: ProbeSpec, low_mb: int, high_mb: int, step_mb: int, search_ste
                 passing = probes[-1]
                 break
         limit = passing.limit_mb if passing else None
+    if limit is None and not any(p.reason == "out of memory" for p in probes):
+        reasons = "; ".join(sorted({f"{p.limit_mb} MiB: {p.reason}" for p in probes})[:3])
+        raise RuntimeError(f"memory search for {spec.method}: no probe passed and none ran out of memory, so the "
+                           f"requirement is unknown (not above {high_mb} MiB); the probes failed with: {reasons}")
     return {"method": spec.method, "gradient_checkpointing": bool(spec.settings.get("gradient_checkpointing")),
             "device": provenance.device(spec.device),
             "mechanism": MECHANISMS["cpu" if spec.device == "cpu" else "cuda"],

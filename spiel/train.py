@@ -35,6 +35,8 @@ class TrainConfig:
     """Optimizer steps between checkpoints (0 = never)."""
     gradient_checkpointing: bool = False
     dtype: str = "float32"
+    device: str = "auto"
+    """Where to train: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``."""
     hp: dict[str, Any] = field(default_factory=dict)
     """Method hyperparameters: lr, rank, weight_decay, update_interval, …"""
 
@@ -95,12 +97,12 @@ class Run:
 
 def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainConfig,
             total: int | None = None) -> Run:
-    """Load the base (on CUDA when available), tokenize the data, wrap the model for the method.
+    """Load the base (on ``config.device``), tokenize the data, wrap the model for the method.
     ``total`` overrides the number of optimizer steps the schedules plan for (memory probes)."""
     torch.manual_seed(config.seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
-    model, tokenizer = load_base(model_dir, dtype, load_in_4bit=spec.quantized)
+    model, tokenizer = load_base(model_dir, dtype, load_in_4bit=spec.quantized, device=config.device)
     examples = data.load(train_file, tokenizer, config.max_length)
     if not examples:
         raise data.TrainDataError(f"{train_file}: no example with an assistant token to learn from")

@@ -44,7 +44,8 @@ def test_short_search_probes_are_confirmed_by_whole_runs(whole_threshold, expect
     def runner(spec: ProbeSpec, limit: int) -> Probe:
         whole = spec.run_steps is None
         passed = limit >= (whole_threshold if whole else 1000)
-        return Probe(limit, passed, steps=spec.run_steps or spec.steps, seconds_per_step=2.0 if whole else 1.0)
+        return Probe(limit, passed, "" if passed else "out of memory", steps=spec.run_steps or spec.steps,
+                     seconds_per_step=2.0 if whole else 1.0)
 
     spec = ProbeSpec("model", "lora", "data.jsonl", steps=30)
     record = measure(spec, 0, 2048, 64, search_steps=6, runner=runner)
@@ -54,6 +55,17 @@ def test_short_search_probes_are_confirmed_by_whole_runs(whole_threshold, expect
     assert len(short) == 5 and max(p["limit_mb"] for p in short if not p["passed"]) == 960
     assert whole == list(range(1024, (expected or 2048) + 1, 64))
     assert record["seconds_per_step"] == (2.0 if expected else None)
+
+
+@pytest.mark.parametrize("reason", ["ModuleNotFoundError: No module named 'bitsandbytes'", "timeout"])
+def test_a_search_whose_probes_never_run_out_of_memory_is_an_error(reason):
+    """Issue 16.6: when every probe fails for another reason the requirement is unknown, not "above the upper
+    bound": the job fails and names the probes' error instead of writing a blank Table 3 cell."""
+    from spiel.memory import measure
+
+    spec = ProbeSpec("model", "qlora", "data.jsonl", steps=30)
+    with pytest.raises(RuntimeError, match=f"none ran out of memory.*{reason.split(':')[0]}"):
+        measure(spec, 0, 2048, 512, runner=lambda s, limit: Probe(limit, False, reason))
 
 
 def test_search_that_fails_at_the_upper_bound_reports_none():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -185,3 +186,14 @@ def test_qlora_adapter_is_bf16_with_fp32_masters(setup):
     optimizer_step(run.trainable, micro)
     assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in masters.pairs)
     assert any(bool((m != m.to(torch.bfloat16).float()).any()) for _, m in masters.pairs)  # masters hold more
+
+
+def test_the_requested_device_is_honoured_where_cuda_is_visible(setup, monkeypatch):
+    """Issue 16.5: ``device=cpu`` (``memory --device cpu`` on a GPU host) trains on the CPU even when CUDA is
+    visible; ``auto`` would pick CUDA (here a fake one, which fails to load)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = TrainConfig(batch_size=4, micro_batch_size=4, max_length=64, device="cpu", hp={"lr": 1e-3, "rank": 2})
+    run = prepare(setup / "model", "spiel-ag", setup / "train.jsonl", config)
+    assert {p.device.type for p in run.trainable.model.parameters()} == {"cpu"}
+    with pytest.raises((RuntimeError, AssertionError, ValueError)):
+        prepare(setup / "model", "spiel-ag", setup / "train.jsonl", dataclasses.replace(config, device="auto"))

@@ -106,6 +106,20 @@ def test_second_run_on_a_finished_dag_does_nothing(micro):
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("runtime", [
+    ["--set-resources", "train:mem_mb=9000", "evaluate_all:runtime=999", "memory:mem_mb=12345"],
+    ["--set-threads", "train=2", "evaluate_all=2", "--cores", "1"],
+    ["--profile", "profiles/slurm"],
+])
+def test_runtime_settings_of_a_finished_dag_plan_nothing(micro, runtime):
+    """Issue 16.8: resources, threads, cores or the cluster profile are how a job runs, not what it computes; a job
+    retried with more memory must not make every later invocation rerun it and everything downstream."""
+    done = _snakemake(micro, "-n", "--configfile", ".test/config.yaml", *runtime,
+                      cores="--cores" not in runtime and "--profile" not in runtime)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing to be done" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+
+
 def test_conda_environment_pins_match_requirements():
     requirements = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
                     if line and not line.startswith("#") and line != "-e ."]

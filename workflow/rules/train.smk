@@ -16,7 +16,7 @@ rule train:
     params:
         work="results/work/{size}/{dataset}/{method}",
         settings=TRAINING_SETTINGS,
-        hp=hyperparameters,
+        hp=lambda w: hyperparameters(w),  # wildcards only: a bare function would also get resources, threads
         method=lambda w: w.method,
     threads: config.get("threads", 1)
     resources:
