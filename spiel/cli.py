@@ -415,9 +415,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .signals import EXIT_STOPPED, Stopped
+
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Stopped as stopped:  # a scheduler's signal: the checkpoint is written, a rerun resumes
+        print(f"training {stopped}", file=sys.stderr)
+        return EXIT_STOPPED
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ Baselines come from ``peft`` (LoRA, qLoRA, (IA)3); 4-bit bases from ``transforme
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -107,11 +107,10 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> T
         optimizer, masters = master_adamw(model.parameters(), lr, float(hp.get("weight_decay", 0.0)))
         return Trainable(model, optimizer, masters=masters)
     if spec.kind == "spiel":
+        # SpielConfig holds SpIEL's defaults (App. C); hp overrides those it names
+        knobs = {f.name for f in fields(SpielConfig)} - {"growth", "density", "num_deltas", "lora_rank"}
         config = SpielConfig(lora_rank=int(hp.get("rank", 64)), growth=spec.growth, target_modules=targets,
-                             update_interval=int(hp.get("update_interval", 20)),
-                             estimation_steps=int(hp.get("estimation_steps", 5)),
-                             replace_rate=float(hp.get("replace_rate", 0.2)), schedule=hp.get("schedule", "linear"),
-                             grad_mode=hp.get("grad_mode", "dense"), seed=int(hp.get("seed", 0)))
+                             **{k: v for k, v in hp.items() if k in knobs and k != "target_modules"})
         wrapped = get_spiel_model(model, config)
         optimizer = make_optimizer(wrapped, lr=lr, weight_decay=float(hp.get("weight_decay", 0.0)))
         return Trainable(wrapped, optimizer, Reselector(wrapped, optimizer, total_steps))

@@ -20,6 +20,7 @@ from . import data
 from .adapters import load_base
 from .methods import Trainable, method, wrap
 from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
+from .signals import Stopped, stop_on_signals
 
 
 @dataclass
@@ -54,11 +55,15 @@ def lr_scheduler(run: Run) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(run.trainable.optimizer, lambda s: lr_factor(s, run.total, warmup))
 
 
-def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler) -> None:
+def rng_state() -> dict[str, Any]:
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler, rng: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as stream:
-        torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, stream)
+        torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+                   stream)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -133,12 +138,18 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
 
 
-def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
+def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]],
+                   stop: list[int] | None = None) -> tuple[float, int]:
     """One optimizer step over the micro-batches (loss summed per token of the whole step, then the SpIEL
-    drop-and-grow driver); returns (loss, target tokens)."""
+    drop-and-grow driver); returns (loss, target tokens). When ``stop`` fills up between two micro-batches the step
+    is abandoned (its gradients dropped, nothing updated) and :class:`Stopped` raised."""
     loss_sum = 0.0
     tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
     for batch in micro:
+        if stop:
+            trainable.model.zero_grad(set_to_none=True)
+            trainable.optimizer.zero_grad(set_to_none=True)
+            raise Stopped(f"signal {stop[0]}")
         loss = target_loss(trainable.model, batch) / max(1, tokens)
         loss.backward()
         loss_sum += float(loss.detach())
@@ -173,22 +184,30 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     trainable.model.train()
     epoch_batches: dict[int, list] = {}
     progress = tqdm(total=total, initial=step, desc=f"train {method_name}", mininterval=5)
-    with (work / "metrics.jsonl").open("a") as metrics:
+    with (work / "metrics.jsonl").open("a") as metrics, stop_on_signals() as stop:
         while step < total and (stop_after is None or step < stop_after):
             epoch, micro = run.micro_batches(step, epoch_batches)
-            start = time.perf_counter()
-            loss_sum, tokens = optimizer_step(trainable, micro)
+            start, rng = time.perf_counter(), rng_state()
+            try:
+                loss_sum, tokens = optimizer_step(trainable, micro, stop)
+            except Stopped as stopped:  # resume from the last completed step, with its random state
+                _save_checkpoint(checkpoint, trainable, step, scheduler, rng)
+                progress.close()
+                raise Stopped(f"stopped by {stopped} after step {step} of {total}; checkpoint {checkpoint}") from None
             scheduler.step()
             step += 1
             metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                                       "tokens": tokens, "seconds": time.perf_counter() - start}) + "\n")
             metrics.flush()
             progress.update()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-                _save_checkpoint(checkpoint, trainable, step, scheduler)
+            if stop or (config.checkpoint_every and step % config.checkpoint_every == 0 and step < total):
+                _save_checkpoint(checkpoint, trainable, step, scheduler, rng_state())
+            if stop and step < total:
+                progress.close()
+                raise Stopped(f"stopped by signal {stop[0]} after step {step} of {total}; checkpoint {checkpoint}")
     progress.close()
     if step < total:
-        _save_checkpoint(checkpoint, trainable, step, scheduler)
+        _save_checkpoint(checkpoint, trainable, step, scheduler, rng_state())
         return {"step": step, "total": total, "finished": False}
     out.mkdir(parents=True, exist_ok=True)
     trainable.model.save_pretrained(out)

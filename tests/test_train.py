@@ -103,8 +103,11 @@ def test_every_method_trains(setup, tmp_path, name):
     assert summary["finished"] and summary["steps"] == 6
 
 
-def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path):
-    """SIGKILL the CLI mid-run (as a cluster pre-emption would), rerun it: same adapter as an uninterrupted run."""
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM", "SIGUSR1"])
+def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path, stop):
+    """Stop the CLI mid-run — SIGKILL as a pre-emption would; SIGTERM (SLURM's time limit) and SIGUSR1 (its
+    ``--signal`` warning) make it checkpoint the last completed step and exit 75 — rerun it: the same adapter as an
+    uninterrupted run (issue 16.7)."""
     import os
     import signal
     import subprocess
@@ -124,9 +127,12 @@ def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 20):
         time.sleep(0.05)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
-    assert (tmp_path / "cut.w" / "checkpoint.pt").exists() and not (tmp_path / "cut").exists()  # killed mid-run
+    os.kill(job.pid, getattr(signal, stop))
+    assert job.wait(timeout=60) == (-signal.SIGKILL if stop == "SIGKILL" else 75)
+    assert (tmp_path / "cut.w" / "checkpoint.pt").exists() and not (tmp_path / "cut").exists()  # stopped mid-run
+    if stop != "SIGKILL":  # the checkpoint is of the last step written to the metrics
+        done = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+        assert torch.load(tmp_path / "cut.w" / "checkpoint.pt", weights_only=False)["step"] == done[-1] < 96
     subprocess.run(command("cut"), check=True, capture_output=True)
     a = load_file(next((tmp_path / "whole").glob("*.safetensors")))
     b = load_file(next((tmp_path / "cut").glob("*.safetensors")))

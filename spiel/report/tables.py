@@ -104,11 +104,16 @@ def build_table5(root: str | Path, schedules: list[str], intervals: list[int]
     return pd.DataFrame(rows), sources
 
 
+TABLE5_NOTE = ("Linear rows replace every entry at the first update t = γ and then ξ(1 − t/T) of them (Eq. 8); "
+               "cosine rows replace ξ(1 + cos(πt/T))/2 from the first update on, with no full replacement, as the "
+               "authors' cosine schedule does (AlanAnsell/peft, `tuners/sft/trainer.py`).")
+
+
 def markdown_table5(frame: pd.DataFrame) -> str:
     lines = ["| Schedule | S | MMLU | TyDiQA |", "|---|---|---|---|"]
     lines += [f"| {r.schedule} | {r.update_every_steps} | {r.mmlu:.1f} | {r.tydiqa:.1f} |"
               for r in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + TABLE5_NOTE + "\n"
 
 
 def build_table4(selections: dict[tuple[str, str], str | Path], full_lr: dict[str, float]
