@@ -159,10 +159,13 @@ def _write_table(frame, markdown_text: str, record: dict, out: Path) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from .report.tables import build, markdown
+    from .report.tables import build, fullift_notes, markdown
 
-    frame, sources = build(args.table, args.sizes, args.methods, args.root)
-    _write_table(frame, markdown(frame), {"table": args.table, "sources": sources}, Path(args.out))
+    released = _pairs(args.fullift_released, "--fullift-released")
+    frame, sources = build(args.table, args.sizes, args.methods, args.root, args.fullift_blank)
+    notes = fullift_notes(args.fullift_blank, released) if "full" in args.methods else []
+    _write_table(frame, markdown(frame, notes), {"table": args.table, "sources": sources, "notes": notes},
+                 Path(args.out))
 
 
 def cmd_table3(args: argparse.Namespace) -> None:
@@ -355,6 +358,10 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--sizes", nargs="+", required=True)
     tb.add_argument("--methods", nargs="+", required=True)
     tb.add_argument("--root", default="results/eval")
+    tb.add_argument("--fullift-blank", nargs="*", default=[], metavar="SIZE/DATASET",
+                    help="FullIFT cells left blank (not trained at that size)")
+    tb.add_argument("--fullift-released", nargs="*", default=[], metavar="SIZE/DATASET=CITATION",
+                    help="FullIFT cells evaluated from a released model, and where it comes from")
     tb.add_argument("--out", required=True)
     tb.set_defaults(func=cmd_table)
 

@@ -76,3 +76,25 @@ def test_results_are_written_whole_with_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert target.read_text() == "whole\n" and target.stat().st_mode & 0o777 == 0o644
+
+
+def test_fullift_cells_follow_the_papers_table1(tmp_path):
+    """Issue 16.3: 13b FullIFT on Flan v2 / GPT4-Alpaca is blank (no file read), Tülu v2 FullIFT comes from the
+    released model; the Markdown says both, and a filled cell equals its evaluation file."""
+    import json
+
+    from spiel.report.tables import build, fullift_notes
+
+    blank, released = ["13b/flan", "13b/alpaca"], {"13b/tulu": "Tülu 2 13b", "7b/tulu": "Tülu 2 7b"}
+    full = [c for c in cells("table1", ["7b", "13b"], ["full"], blank)]
+    assert {(c.size, c.dataset) for c in full} == {("7b", "flan"), ("7b", "alpaca"), ("7b", "tulu"), ("13b", "tulu")}
+    for cell in full:
+        cell.path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+        cell.path(tmp_path).write_text(json.dumps({"value": 40.0 + len(cell.benchmark)}))
+    frame, sources = build("table1", ["7b", "13b"], ["full"], tmp_path, blank)
+    row13 = frame[frame["size"] == "13b"].iloc[0]
+    assert pd.isna(row13["flan_mmlu"]) and pd.isna(row13["alpaca_humaneval"]) and row13["tulu_gsm"] == 43.0
+    assert "13b/FullIFT/flan_mmlu" not in sources and "13b/FullIFT/tulu_mmlu" in sources
+    text = markdown(frame, fullift_notes(blank, released))
+    assert "FullIFT 13b on Tülu v2: evaluated from Tülu 2 13b, not trained here." in text
+    assert "FullIFT blank for 13b GPT4-Alpaca, 13b Flan v2: not trained, as in the paper's Table 1" in text

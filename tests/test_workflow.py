@@ -40,8 +40,15 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
     # Table 3 per size: 6 methods × checkpointing off/on (micro: LoRA and SpIEL-AG, off only)
     memory = 2 if configfile == ".test/config.yaml" else 6 * 2
-    assert jobs == {**{k: v * sizes for k, v in {**expected, **search, "memory": memory}.items()},
-                    "train_ablation": ablations, "evaluate_ablation": ablations}
+    want = {**{k: v * sizes for k, v in {**expected, **search, "memory": memory}.items()},
+            "train_ablation": ablations, "evaluate_ablation": ablations}
+    if configfile == "config/paper.yaml":
+        # paper Table 1: Tülu v2 FullIFT is the released Tülu 2 model (evaluated, not trained) at both sizes;
+        # no 13b FullIFT on Flan v2 or GPT4-Alpaca (one fewer Flan and one fewer code evaluation)
+        want.update(train=2 * 21 - 1 - 3, evaluate_flan=2 * 8 - 1, evaluate_code=2 * 12 - 1)
+    assert jobs == want
+    if configfile == "config/paper.yaml":
+        assert "prepare_released         2" in done.stdout
 
 
 def test_paper_model_not_in_the_local_cache_says_what_to_do(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ for Original and FullIFT, as in the paper.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,26 +49,42 @@ class Cell:
         return Path(root) / self.size / self.evaluated_on / self.method / f"{self.benchmark}.json"
 
 
-def cells(table: str, sizes: list[str], methods: list[str]) -> list[Cell]:
-    """Every filled cell of ``table``: untuned and FullIFT rows have no composed column."""
+def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collection[str] = ()) -> list[Cell]:
+    """Every filled cell of ``table``: untuned and FullIFT rows have no composed column, and FullIFT has none for
+    the ``SIZE/DATASET`` pairs of ``blank_full`` (paper Table 1: no 13b FullIFT on Flan v2 or GPT4-Alpaca)."""
     out = []
     for size in sizes:
         for name in methods:
+            kind = method(name).kind
             for dataset, benchmark in COLUMNS[table]:
-                if dataset == COMPOSED and method(name).kind in ("none", "full"):
+                if dataset == COMPOSED and kind in ("none", "full"):
+                    continue
+                if kind == "full" and f"{size}/{dataset}" in blank_full:
                     continue
                 out.append(Cell(size, name, dataset, benchmark))
     return out
 
 
-def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "results/eval"
-          ) -> tuple[pd.DataFrame, dict[str, str]]:
+def fullift_notes(blank_full: Collection[str], released: dict[str, str]) -> list[str]:
+    """Lines under the table saying which FullIFT cells are blank and which come from released models."""
+    notes = [f"FullIFT {size} on {DATASET_LABELS[dataset]}: evaluated from {citation}, not trained here."
+             for key, citation in sorted(released.items()) for size, dataset in [key.split("/")]]
+    if blank_full:
+        pairs = ", ".join(f"{size} {DATASET_LABELS[dataset]}" for size, dataset in
+                          sorted(key.split("/") for key in blank_full))
+        notes.append(f"FullIFT blank for {pairs}: not trained, as in the paper's Table 1 (full fine-tuning at that "
+                     "size does not fit one 80 GB GPU).")
+    return notes
+
+
+def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "results/eval",
+          blank_full: Collection[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
     """(table, sources): the table as in the paper's CSV, and for each ``size/method/column`` its JSON file."""
     frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
     for dataset, benchmark in COLUMNS[table]:
         frame[column_name(dataset, benchmark)] = float("nan")
     sources = {}
-    for cell in cells(table, sizes, methods):
+    for cell in cells(table, sizes, methods, blank_full):
         path = cell.path(root)
         value = json.loads(path.read_text())["value"]
         label, column = method(cell.method).label, column_name(cell.dataset, cell.benchmark)
@@ -76,8 +93,8 @@ def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "
     return frame, sources
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """The table as Markdown with readable headers (dataset / benchmark) and empty cells left blank."""
+def markdown(frame: pd.DataFrame, notes: Collection[str] = ()) -> str:
+    """The table as Markdown with readable headers (dataset / benchmark), empty cells left blank, ``notes`` below."""
     headers = ["Size", "Method"]
     for column in frame.columns[2:]:
         dataset, benchmark = column.rsplit("_", 1)
@@ -86,7 +103,7 @@ def markdown(frame: pd.DataFrame) -> str:
     for row in frame.itertuples(index=False):
         values = [str(row[0]), str(row[1])] + ["" if pd.isna(v) else f"{v:.1f}" for v in row[2:]]
         lines.append("| " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
 
 
 def build_table5(root: str | Path, schedules: list[str], intervals: list[int]

@@ -22,7 +22,7 @@ use rule train as train_ablation with:
         interval="[0-9]+",
     params:
         work="results/work/ablation/{size}/{schedule}-S{interval}",
-        settings=TRAINING_SETTINGS,
+        settings=training_settings,
         # the authors' cosine schedule (Eq. 11) has no full replacement at the first update; linear (Eq. 8) has
         hp=lambda w: hyperparameters(w, "spiel-ag", schedule=w.schedule, update_interval=int(w.interval),
                                      replace_all_first=w.schedule == "linear"),

@@ -42,16 +42,22 @@ def key_values(mapping):
     return " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in mapping.items())
 
 
-TRAINING_SETTINGS = key_values({**config.get("training", {}), "seed": config["seed"], "dtype": config["dtype"]})
-"""The one training loop's settings (App. B), the same for every training job."""
+def training_settings(wildcards):
+    """The one training loop's settings (App. B), the same for every training job of a size (a size may set its
+    own checkpoint interval)."""
+    per_size = {k: v for k, v in config["models"][wildcards.size].items() if k == "checkpoint_every"}
+    return key_values({**config.get("training", {}), **per_size, "seed": config["seed"], "dtype": config["dtype"]})
 
 
 def size_resource(key, default, per_attempt=False):
     """A resource of ``models.<size>.resources`` for the job's size (× the attempt number if ``per_attempt``,
-    so that a retry after running out of memory or time asks for more)."""
+    so that a retry after running out of memory or time asks for more). A per-dataset mapping is read at the
+    job's dataset (Flan v2 for search and memory jobs, which train on it)."""
 
     def value(wildcards, attempt):
         amount = config["models"][wildcards.size].get("resources", {}).get(key, default)
+        if isinstance(amount, dict):
+            amount = amount.get(wildcards.get("dataset", "flan"), max(amount.values()))
         return amount * attempt if per_attempt else amount
 
     return value
@@ -62,8 +68,9 @@ def job_resources(runtime_key, default_runtime):
     GPUs (and their model, where configured) come from the size."""
     resources = {"mem_mb": size_resource("mem_mb", 8000, True),
                  "runtime": size_resource(runtime_key, default_runtime, True), "gpu": size_resource("gpu", 0)}
-    if any("gpu_model" in m.get("resources", {}) for m in config["models"].values()):
-        resources["gpu_model"] = size_resource("gpu_model", "")
+    for key in ("gpu_model", "constraint"):
+        if any(key in m.get("resources", {}) for m in config["models"].values()):
+            resources[key] = size_resource(key, "")
     return resources
 
 
@@ -110,7 +117,24 @@ def point_args(wildcards, grid_points):
     return " ".join(f"{p.label}={SEARCH_EVAL.format(point=p.label, **wildcards)}" for p in grid_points)
 
 
+RELEASED_MODEL = "resources/released/{size}/{dataset}"
+"""A released fully fine-tuned model evaluated as a FullIFT cell (models.<size>.full.released)."""
+DATASETS = ["flan", "alpaca", "tulu"]
+
+
+def released_full(size):
+    """Dataset → released model spec of the FullIFT cells that are evaluated, not trained, at ``size``."""
+    return config["models"][size]["full"]["released"]
+
+
+FULLIFT_BLANK = [f"{size}/{dataset}" for size in SIZES for dataset in DATASETS
+                 if dataset not in config["models"][size]["full"]["train"] and dataset not in released_full(size)]
+"""FullIFT cells neither trained nor released (``SIZE/DATASET``): blank in Table 1, as in the paper at 13b."""
+FULLIFT_RELEASED = {f"{size}/{dataset}": spec.get("citation", spec.get("id", spec.get("path", "a released model")))
+                    for size in SIZES for dataset, spec in released_full(size).items()}
+
+
 def table_inputs(table):
     """The evaluation files behind every cell of ``table``."""
     methods = config.get("tables", {}).get(table)
-    return [str(cell.path()) for cell in cells(table, SIZES, methods)]
+    return [str(cell.path()) for cell in cells(table, SIZES, methods, FULLIFT_BLANK)]

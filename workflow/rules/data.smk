@@ -22,6 +22,18 @@ rule prepare_model:
         "--cache {params.cache} --out {output} > {log} 2>&1"
 
 
+use rule prepare_model as prepare_released with:
+    output:
+        directory(RELEASED_MODEL),
+    log:
+        "logs/prepare_released/{size}/{dataset}.log",
+    params:
+        source=lambda w: released_full(w.size)[w.dataset]["source"],
+        options=lambda w: key_values({k: v for k, v in released_full(w.size)[w.dataset].items()
+                                      if k in ("path", "id")}),
+        cache=CACHE,
+
+
 rule prepare_eval:
     output:
         EVAL_DATA,

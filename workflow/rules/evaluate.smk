@@ -14,8 +14,11 @@ EVALUATIONS = {
 
 
 def evaluated_model(wildcards):
-    """A FullIFT run is its own model; every other method evaluates on the base model."""
+    """A FullIFT run is its own model (trained, or released: models.<size>.full.released); every other method
+    evaluates on the base model."""
     if method(wildcards.method).kind == "full":
+        if wildcards.dataset in released_full(wildcards.size):
+            return RELEASED_MODEL.format(**wildcards)
         return ADAPTER.format(**wildcards)
     return MODEL.format(size=wildcards.size)
 

@@ -16,6 +16,8 @@ rule table:
     params:
         sizes=" ".join(SIZES),
         methods=lambda w: " ".join(config.get("tables", {}).get(w.table)),
+        fullift=" ".join(["--fullift-blank", *FULLIFT_BLANK, "--fullift-released",
+                          *(shlex.quote(f"{k}={v}") for k, v in FULLIFT_RELEASED.items())]),
     threads: 1
     resources:
         mem_mb=1000,
@@ -24,7 +26,7 @@ rule table:
         ENV
     shell:
         "python -m spiel table --table {wildcards.table} --sizes {params.sizes} --methods {params.methods} "
-        "--out {output.csv} > {log} 2>&1"
+        "{params.fullift} --out {output.csv} > {log} 2>&1"
 
 
 FIGURE2_METHODS = {"spiel-ag": "SpIEL-AG", "spiel-ma": "SpIEL-MA"}

@@ -21,7 +21,7 @@ use rule train as train_search with:
         **SEARCH_CONSTRAINTS,
     params:
         work="results/work/search/{size}/{method}/{point}",
-        settings=TRAINING_SETTINGS,
+        settings=training_settings,
         hp=lambda w: hyperparameters(w, **grid_point(w).hp),
         method=lambda w: w.method,
 

@@ -15,7 +15,7 @@ rule train:
         "benchmarks/train/{size}/{dataset}/{method}.tsv"
     params:
         work="results/work/{size}/{dataset}/{method}",
-        settings=TRAINING_SETTINGS,
+        settings=training_settings,
         hp=lambda w: hyperparameters(w),  # wildcards only: a bare function would also get resources, threads
         method=lambda w: w.method,
     threads: config.get("threads", 1)
