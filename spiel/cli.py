@@ -37,7 +37,8 @@ def cmd_prepare_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_train(args: argparse.Namespace) -> None:
-    from .instruct import decontaminate, rows_for
+    from .decontamination import decontaminate
+    from .instruct import rows_for
     from .provenance import write_jsonl
 
     spec = {"source": args.source, **_key_values(args.set)}

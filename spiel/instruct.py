@@ -20,7 +20,6 @@ import gzip
 import json
 import random
 import re
-from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ FLAN_FAMILIES = (
 tasks word_sorting / object_counting are evaluated), ``gsm_symbolic`` (the GSM stand-in) and code I/O."""
 
 STANDINS = ("flan", "alpaca", "tulu")
-NGRAM = 13
 
 
 def _chat(user: str, assistant: str, source: str) -> Conversation:
@@ -147,44 +145,6 @@ def from_hub(dataset_id: str, split: str = "train") -> list[Conversation]:
     if "messages" not in table.column_names:
         raise TrainDataError(f"{dataset_id}: expected a 'messages' column, found {table.column_names}")
     return [{"messages": row["messages"], "source": dataset_id} for row in table]
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def eval_ngrams(rows: Iterable[dict[str, Any]], n: int = NGRAM, min_words: int = 8) -> set[tuple[str, ...]]:
-    """Word n-grams of every evaluation text field (a text shorter than ``n`` words counts whole)."""
-    grams: set[tuple[str, ...]] = set()
-    for row in rows:
-        for key, value in row.items():
-            if key in ("split", "group", "source") or not isinstance(value, str):
-                continue
-            words = _words(value)
-            if len(words) < min_words:
-                continue
-            size = min(n, len(words))
-            grams.update(tuple(words[i:i + size]) for i in range(len(words) - size + 1))
-    return grams
-
-
-def contaminated(conversation: Conversation, grams: set[tuple[str, ...]], sizes: set[int] | None = None) -> bool:
-    """Whether any word window of the conversation is one of the evaluation n-grams (``sizes``: their lengths,
-    computed from ``grams`` unless the caller checking many conversations passes them once)."""
-    words = _words(" ".join(m["content"] for m in conversation["messages"]))
-    sizes = {len(g) for g in grams} if sizes is None else sizes
-    return any(tuple(words[i:i + size]) in grams for size in sizes for i in range(len(words) - size + 1))
-
-
-def decontaminate(rows: list[Conversation], eval_files: list[Path]) -> tuple[list[Conversation], int]:
-    """``rows`` without any example overlapping an evaluation file's items; returns (kept, dropped)."""
-    grams: set[tuple[str, ...]] = set()
-    for path in eval_files:
-        with path.open() as handle:
-            grams |= eval_ngrams(json.loads(line) for line in handle if line.strip())
-    sizes = {len(g) for g in grams}
-    kept = [row for row in rows if not contaminated(row, grams, sizes)]
-    return kept, len(rows) - len(kept)
 
 
 def rows_for(name: str, spec: dict[str, Any], seed: int) -> list[Conversation]:

@@ -8,8 +8,9 @@ import pytest
 
 from spiel.cli import main
 from spiel.data import TrainDataError
+from spiel.decontamination import NgramIndex, conversation_text, decontaminate
 from spiel.evaluate import sources
-from spiel.instruct import FLAN_FAMILIES, contaminated, decontaminate, eval_ngrams, rows_for, standin
+from spiel.instruct import FLAN_FAMILIES, rows_for, standin
 
 
 def test_standins_have_the_roles_of_the_paper_datasets():
@@ -36,11 +37,48 @@ def test_decontamination_drops_exactly_the_overlapping_examples(tmp_path):
 
 def test_default_training_data_is_disjoint_from_the_embedded_evaluation_items():
     """No 13-gram (or whole short question) of MMLU or HumanEval items occurs in the default stand-ins."""
-    grams = eval_ngrams(sources.mmlu_from_lm_eval(3) + sources.humaneval_rows())
-    assert len(grams) > 10_000
-    sizes = {len(g) for g in grams}
+    index = NgramIndex.from_rows(sources.mmlu_from_lm_eval(3) + sources.humaneval_rows())
+    assert len(index) > 10_000
     for name, n in (("flan", 48), ("alpaca", 48), ("tulu", 96)):
-        assert not [r for r in standin(name, n, seed=42) if contaminated(r, grams, sizes)], name
+        assert not [r for r in standin(name, n, seed=42) if index.overlaps(conversation_text(r))], name
+
+
+def _exact_overlaps(eval_texts: list[str], text: str, n: int = 13, min_words: int = 8) -> bool:
+    """Reference: the n-grams as tuples of words in a Python set (what the hashed index stands for)."""
+    import re
+
+    def words(t):
+        return re.findall(r"\w+", t.lower())
+
+    grams = set()
+    for t in eval_texts:
+        w = words(t)
+        if len(w) >= min_words:
+            size = min(n, len(w))
+            grams.update(tuple(w[i:i + size]) for i in range(len(w) - size + 1))
+    w = words(text)
+    return any(tuple(w[i:i + k]) in grams for k in {len(g) for g in grams} for i in range(len(w) - k + 1))
+
+
+def test_hashed_ngram_index_decides_as_the_exact_ngram_sets_do():
+    """Issue 16.9: training texts that embed slices of 4–20 words of evaluation texts (5–40 words, a 12-word
+    vocabulary) in random words: the hashed index drops exactly the conversations the exact tuple sets drop —
+    slices shorter than the n-gram kept, longer ones dropped, whole short texts dropped."""
+    import random
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(12)]
+    eval_texts = [" ".join(rng.choices(vocab, k=rng.randint(5, 40))) for _ in range(60)]
+    index = NgramIndex.from_rows({"question": t, "group": "x"} for t in eval_texts)
+    decisions = []
+    for _ in range(400):
+        source = rng.choice(eval_texts).split()
+        start, length = rng.randrange(len(source)), rng.randint(4, 20)
+        text = " ".join([*rng.choices(vocab, k=rng.randint(0, 10)), *source[start:start + length],
+                         *rng.choices(vocab, k=rng.randint(0, 10))])
+        decisions.append(_exact_overlaps(eval_texts, text))
+        assert index.overlaps(text) == decisions[-1], text
+    assert 50 < sum(decisions) < 350  # both outcomes well represented
 
 
 def test_paper_formats_and_a_malformed_line(tmp_path):

@@ -1,0 +1,102 @@
+"""Decontamination of training data against the evaluation items: word 13-grams, hashed, in one pass.
+
+A training conversation is dropped when it shares a word 13-gram with any evaluation text field (an item or an
+exemplar), or contains the whole of an evaluation text of 8–12 words. Each n-gram is represented by a 64-bit
+polynomial hash of its words' hashes, computed for all windows of a text at once with numpy; the evaluation
+hashes form one sorted array per n-gram length, and a conversation is looked up with a binary search. Hashes of
+different n-grams can collide: with ~10⁷ evaluation n-grams and ~3·10⁸ training windows (Tülu v2 at full size)
+about 10⁻⁴ conversations are expected to be dropped wrongly, and none is ever kept wrongly. Word hashes are
+Python's string hash, consistent within the one process that builds the index and checks the data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NGRAM = 13
+MIN_WORDS = 8
+"""Evaluation texts shorter than this many words are not matched (too generic: "Answer: A")."""
+_BASE = np.uint64(0x9E3779B97F4A7C15)
+_SKIPPED_FIELDS = ("split", "group", "source")
+_WORD = re.compile(r"\w+")
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """The hash of each lower-cased word (``\\w+``) of ``text``, in order."""
+    words = _WORD.findall(text.lower())
+    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+
+
+def window_hashes(words: np.ndarray, size: int) -> np.ndarray:
+    """The hash of every window of ``size`` consecutive words (empty when there are fewer words)."""
+    count = words.size - size + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    hashes = words[:count].copy()
+    with np.errstate(over="ignore"):
+        for offset in range(1, size):
+            hashes *= _BASE
+            hashes += words[offset:offset + count]
+    return hashes
+
+
+class NgramIndex:
+    """Sorted hashes of the evaluation n-grams, one array per n-gram length (13, or a shorter whole text)."""
+
+    def __init__(self, hashes: dict[int, np.ndarray]) -> None:
+        self.hashes = {size: np.unique(h) for size, h in hashes.items() if h.size}
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]], n: int = NGRAM, min_words: int = MIN_WORDS) -> NgramIndex:
+        """Word n-grams of every text field of every evaluation row (a text shorter than ``n`` words counts whole)."""
+        parts: dict[int, list[np.ndarray]] = {}
+        for row in rows:
+            for key, value in row.items():
+                if key in _SKIPPED_FIELDS or not isinstance(value, str):
+                    continue
+                words = word_hashes(value)
+                if words.size < min_words:
+                    continue
+                size = min(n, words.size)
+                parts.setdefault(size, []).append(window_hashes(words, size))
+        return cls({size: np.concatenate(arrays) for size, arrays in parts.items()})
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Path]) -> NgramIndex:
+        """The index of prepared evaluation JSONL files (one item per line)."""
+        def rows():
+            for path in paths:
+                with Path(path).open() as handle:
+                    yield from (json.loads(line) for line in handle if line.strip())
+        return cls.from_rows(rows())
+
+    def __len__(self) -> int:
+        return sum(h.size for h in self.hashes.values())
+
+    def overlaps(self, text: str) -> bool:
+        """Whether any word window of ``text`` is one of the evaluation n-grams."""
+        words = word_hashes(text)
+        for size, known in self.hashes.items():
+            windows = window_hashes(words, size)
+            if windows.size:
+                at = np.searchsorted(known, windows).clip(max=known.size - 1)
+                if bool((known[at] == windows).any()):
+                    return True
+        return False
+
+
+def conversation_text(conversation: dict[str, Any]) -> str:
+    return " ".join(m["content"] for m in conversation["messages"])
+
+
+def decontaminate(rows: list[dict[str, Any]], eval_files: list[Path]) -> tuple[list[dict[str, Any]], int]:
+    """``rows`` without any conversation overlapping an evaluation file's items; returns (kept, dropped)."""
+    index = NgramIndex.from_files(eval_files)
+    kept = [row for row in rows if not index.overlaps(conversation_text(row))]
+    return kept, len(rows) - len(kept)
