@@ -142,9 +142,13 @@ def from_hub(dataset_id: str, split: str = "train") -> list[Conversation]:
         raise TrainDataError(f"train data {dataset_id!r} is not available offline ({type(error).__name__}). "
                              f"Download it on a connected machine (`hf download {dataset_id} --repo-type dataset`) "
                              f"or set train_data.*.path to a local JSONL/JSON file.") from None
-    if "messages" not in table.column_names:
-        raise TrainDataError(f"{dataset_id}: expected a 'messages' column, found {table.column_names}")
-    return [{"messages": row["messages"], "source": dataset_id} for row in table]
+    columns = set(table.column_names)
+    if "messages" in columns:
+        return [{"messages": row["messages"], "source": dataset_id} for row in table]
+    if {"prompt", "completion"} <= columns:  # the other layout the authors' finetune.py accepts
+        return [_chat(row["prompt"], row["completion"], dataset_id) for row in table]
+    raise TrainDataError(f"{dataset_id}: expected a 'messages' column or 'prompt' and 'completion', found "
+                         f"{table.column_names}")
 
 
 def rows_for(name: str, spec: dict[str, Any], seed: int) -> list[Conversation]:

@@ -176,3 +176,24 @@ def test_data_errors_name_the_file_and_line(tmp_path):
         mmlu_from_csv(tmp_path / "mmlu")
     with pytest.raises(DataError, match="does not exist"):
         gsm_from_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_mmlu_csv_scores_val_as_the_development_set(tmp_path):
+    """Issue 16.16: Hendrycks' data/{dev,val,test}/<subject>_<split>.csv (no header, as in data.tar). Exemplars come
+    from dev/, the hyperparameter-search split ("dev", App. D) from val/ as the authors' --eval_dev does, and the
+    reported split from test/."""
+    import csv
+
+    for split, count in (("dev", 5), ("val", 3), ("test", 4)):
+        for subject in ("anatomy", "virology"):
+            folder = tmp_path / "data" / split
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / f"{subject}_{split}.csv").open("w", newline="") as handle:
+                csv.writer(handle).writerows([[f"{subject} {split} q{i}, with a comma", "a", "b", "c", "d", "ABCD"[i % 4]]
+                                              for i in range(count)])
+    rows = mmlu_from_csv(tmp_path / "data")
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("shot", "dev", "test")}
+    assert {s: len(v) for s, v in by_split.items()} == {"shot": 10, "dev": 6, "test": 8} and len(rows) == 24
+    assert all(" val " in r["question"] for r in by_split["dev"]) and by_split["dev"][1]["answer"] == "B"
+    assert by_split["test"][0] == {"split": "test", "group": "anatomy", "question": "anatomy test q0, with a comma",
+                                   "choices": ["a", "b", "c", "d"], "answer": "A", "source": "anatomy_test.csv:1"}

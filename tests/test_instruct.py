@@ -101,3 +101,22 @@ def test_hub_dataset_not_cached_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TrainDataError, match=r"not available offline.*hf download"):
         rows_for("tulu", {"source": "hub", "id": "allenai/tulu-v2-sft-mixture"}, 0)
+
+
+@pytest.mark.parametrize("layout", ["messages", "prompt-completion"])
+def test_a_cached_hub_dataset_in_its_published_layout_is_read(tmp_path, layout):
+    """Issue 16.18: a dataset repository as `hf download --repo-type dataset` lays it out (data/train-*.parquet):
+    allenai/tulu-v2-sft-mixture's columns dataset, id, messages; or prompt/completion, the other layout the authors'
+    finetune.py reads (ostapeno/tulu_v2_flan_v2_subset, the Flan v2 snapshot their README points to)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = [{"role": "user", "content": "Translate 'chat' to English."}, {"role": "assistant", "content": "cat"}]
+    if layout == "messages":
+        table = pa.table({"dataset": ["flan_v2"], "id": ["flan_v2_0"], "messages": [chat]})
+    else:
+        table = pa.table({"prompt": [chat[0]["content"]], "completion": [chat[1]["content"]]})
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
+    rows = rows_for("flan", {"source": "hub", "id": str(tmp_path / "repo")}, 0)
+    assert [r["messages"] for r in rows] == [chat]

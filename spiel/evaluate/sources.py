@@ -133,9 +133,11 @@ def mmlu_from_lm_eval(test_per_subject: int = 3) -> list[Row]:
 
 
 def mmlu_from_csv(folder: Path) -> list[Row]:
-    """Hendrycks' MMLU ``data/`` folder: ``dev/<subject>_dev.csv`` (shots), ``test/<subject>_test.csv``."""
+    """Hendrycks' MMLU ``data/`` folder: ``dev/<subject>_dev.csv`` (the 5 exemplars per subject),
+    ``val/<subject>_val.csv`` (split "dev": the development set that selects hyperparameters, App. D — the authors'
+    ``eval/mmlu/run_eval.py --eval_dev`` scores ``val``, 1,531 questions) and ``test/<subject>_test.csv``."""
     rows: list[Row] = []
-    for split, sub in (("shot", "dev"), ("test", "test")):
+    for split, sub in (("shot", "dev"), ("dev", "val"), ("test", "test")):
         files = sorted(_require(folder / sub, "MMLU").glob(f"*_{sub}.csv"))
         if not files:
             raise DataError(f"MMLU: no *_{sub}.csv files in {folder / sub}")
@@ -147,8 +149,7 @@ def mmlu_from_csv(folder: Path) -> list[Row]:
                         raise DataError(f"{path}:{line}: expected question, 4 options, answer letter")
                     rows.append({"split": split, "group": subject, "question": record[0], "choices": record[1:5],
                                  "answer": record[5], "source": f"{path.name}:{line}"})
-    dev = [{**r, "split": "dev"} for r in rows if r["split"] == "shot"]
-    return rows + dev
+    return rows
 
 
 # --- GSM ------------------------------------------------------------------------------------------
