@@ -189,8 +189,8 @@ def test_mmlu_csv_scores_val_as_the_development_set(tmp_path):
             folder = tmp_path / "data" / split
             folder.mkdir(parents=True, exist_ok=True)
             with (folder / f"{subject}_{split}.csv").open("w", newline="") as handle:
-                csv.writer(handle).writerows([[f"{subject} {split} q{i}, with a comma", "a", "b", "c", "d", "ABCD"[i % 4]]
-                                              for i in range(count)])
+                csv.writer(handle).writerows([[f"{subject} {split} q{i}, with a comma", "a", "b", "c", "d",
+                                               "ABCD"[i % 4]] for i in range(count)])
     rows = mmlu_from_csv(tmp_path / "data")
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("shot", "dev", "test")}
     assert {s: len(v) for s, v in by_split.items()} == {"shot": 10, "dev": 6, "test": 8} and len(rows) == 24
