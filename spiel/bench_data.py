@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .decontamination import NgramIndex, conversation_text
+from .decontamination import NgramIndex, conversation_text, without_overlaps
 from .memory import resident_peak_kb
 
 TULU_CONVERSATIONS = 326_154
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     words = sum(len(conversation_text(c).split()) for c in conversations)
     index = NgramIndex.from_rows(evals)
     indexed = time.perf_counter()
-    dropped = sum(index.overlaps(conversation_text(c)) for c in conversations)
+    dropped = len(conversations) - len(without_overlaps(index, conversations))
     done = time.perf_counter()
     print(f"conversations={len(conversations)} words={words} eval_items={len(evals)} eval_ngrams={len(index)} "
           f"quoted={quoted}")

@@ -70,15 +70,20 @@ def test_hashed_ngram_index_decides_as_the_exact_ngram_sets_do():
     vocab = [f"w{i}" for i in range(12)]
     eval_texts = [" ".join(rng.choices(vocab, k=rng.randint(5, 40))) for _ in range(60)]
     index = NgramIndex.from_rows({"question": t, "group": "x"} for t in eval_texts)
-    decisions = []
+    decisions, texts = [], []
     for _ in range(400):
         source = rng.choice(eval_texts).split()
         start, length = rng.randrange(len(source)), rng.randint(4, 20)
         text = " ".join([*rng.choices(vocab, k=rng.randint(0, 10)), *source[start:start + length],
                          *rng.choices(vocab, k=rng.randint(0, 10))])
+        texts.append(text)
         decisions.append(_exact_overlaps(eval_texts, text))
         assert index.overlaps(text) == decisions[-1], text
     assert 50 < sum(decisions) < 350  # both outcomes well represented
+    # checked together (words concatenated): windows across two texts do not count
+    assert index.overlapping(texts).tolist() == decisions
+    halves = [t for text in texts for t in (" ".join(text.split()[:7]), " ".join(text.split()[7:]))]
+    assert index.overlapping(halves).tolist() == [_exact_overlaps(eval_texts, t) for t in halves]
 
 
 def test_paper_formats_and_a_malformed_line(tmp_path):

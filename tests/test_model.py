@@ -208,3 +208,29 @@ def test_resume_mid_phase_is_exact(batch):
     for name, d in straight.deltas().items():
         e = resumed.deltas()[name]
         assert torch.equal(d.indices, e.indices) and torch.equal(d.values, e.values), name
+
+
+def test_4bit_inference_adds_the_sparse_delta_beside_the_base_kernel(training_setup):
+    """Issue 16.14: without gradients an NF4 layer computes base(x) + x·Δᵀ with Δ sparse (no per-token dequantize
+    and merge); its logits equal the training path's, for one adapter and for two applied at once (overlapping η
+    summed), and running it leaves the 4-bit weights readable by the training path."""
+    from spiel.adapters import load_base
+
+    model, _ = load_base(training_setup / "model", torch.float32, load_in_4bit=True, device="cpu")
+    spiel = get_spiel_model(model, SpielConfig(lora_rank=2, seed=1))
+    spiel.add_adapter("b", SpielConfig(lora_rank=2, seed=2))
+    with torch.no_grad():
+        for name in ("default", "b"):
+            for delta in spiel.deltas(name).values():
+                delta.values.normal_(0, 0.05)
+    spiel.eval()
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for active in (["default"], ["default", "b"]):
+        spiel.set_adapter(active)
+        training_path = spiel(input_ids=ids).logits.detach()
+        with torch.no_grad():
+            outputs.append(spiel(input_ids=ids).logits)
+        torch.testing.assert_close(outputs[-1], training_path, rtol=1e-5, atol=1e-5)
+        assert torch.equal(spiel(input_ids=ids).logits.detach(), training_path)  # weights untouched
+    assert not torch.allclose(*outputs)  # the second adapter mattered

@@ -86,3 +86,33 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     assert 1 <= resumed_at < total  # the retry started from the checkpoint, not from step 0
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, total + 1))  # every step once: none lost, none repeated
+
+
+def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, tmp_path):
+    """Issue 16.7: a first attempt with a 1-minute limit is stopped by SLURM (SIGTERM at the limit); training
+    writes the checkpoint of its last completed step and exits 75; the retry (runtime × attempt) resumes and ends
+    with the adapter that an uninterrupted local run gives."""
+    folder = workdir(tmp_path)
+    config = yaml.safe_load((folder / ".test/config.yaml").read_text())
+    config["search"]["enabled"] = False
+    config["training"].update(epochs=3000, checkpoint_every=0)  # ~2 min of steps; checkpoints only when stopped
+    config["models"]["tiny"]["resources"]["train_runtime"] = 1
+    (folder / "long.yaml").write_text(yaml.safe_dump(config))
+    target = "results/adapters/tiny/flan/spiel-ag"
+    done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
+                          capture_output=True, text=True, timeout=1200)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) == 2  # the stopped attempt and its retry
+    steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated
+    progress = (folder / "logs/train/tiny/flan/spiel-ag.log").read_text()  # the retry's log
+    resumed_at, total = map(int, re.search(r"train spiel-ag: .*?\| *(\d+)/(\d+) \[", progress).groups())
+    assert 1 <= resumed_at < total == steps[-1]
+    (tmp_path / "local").mkdir()
+    uninterrupted = workdir(tmp_path / "local")
+    (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
+    local = snakemake(uninterrupted, target, "--configfile", "long.yaml", timeout=1200)
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b = (load_file(f / target / "adapter_model.safetensors") for f in (folder, uninterrupted))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

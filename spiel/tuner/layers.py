@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .delta import GradientObserver, sparse_linear
+from .delta import GradientObserver, sparse_linear, sparse_side_product
 
 
 def is_4bit(layer: nn.Module) -> bool:
@@ -46,6 +46,16 @@ class SpielLinear(nn.Module):
             return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
         return weight.detach().to(dtype, copy=True)
 
+    def base_4bit_output(self, x: Tensor) -> Tensor:
+        """x Wᵀ + b through bitsandbytes' 4-bit matmul. Not ``base_layer(x)``: in inference on some CPUs that
+        repacks the weight in place into a layout which :meth:`base_weight`'s dequantization cannot read."""
+        import bitsandbytes as bnb
+
+        layer, weight = self.base_layer, self.base_layer.weight
+        dtype = layer.compute_dtype or x.dtype
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        return bnb.matmul_4bit(x.to(dtype), weight, bias=bias, quant_state=weight.quant_state).to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         merged = {name for name, _ in self.merged}
         active = [self.spiel_deltas[n] for n in self.active_adapters if n not in merged]
@@ -56,6 +66,10 @@ class SpielLinear(nn.Module):
         else:
             values = torch.cat([d.values.to(torch.float32) for d in active])
             indices = torch.cat([d.indices.long() for d in active])
+        if self.is_4bit and not torch.is_grad_enabled():
+            # inference on an unmerged 4-bit base: the base layer's own kernel plus x·Δᵀ with Δ sparse, instead of
+            # dequantizing and re-merging the whole weight for every generated token
+            return self.base_4bit_output(x) + sparse_side_product(x, values, indices, self.shape)
         return sparse_linear(x, values, indices, self.base_weight, self.base_layer.bias,
                              self.grad_mode, self.observer)
 
