@@ -109,7 +109,7 @@ def test_bf16_full_finetuning_uses_paged_adamw_over_fp32_masters(cuda_setup):
 
 
 @pytest.mark.parametrize("name", ["qlora", "qspiel-ag", "qspiel-ma"])
-def test_nf4_methods_train_and_qspiel_infers_with_the_side_product(cuda_setup, name):
+def test_nf4_methods_train_and_qspiel_infers_with_the_cached_merge(cuda_setup, name):
     pytest.importorskip("bitsandbytes")
     from spiel.train import optimizer_step, prepare
 

@@ -210,10 +210,10 @@ def test_resume_mid_phase_is_exact(batch):
         assert torch.equal(d.indices, e.indices) and torch.equal(d.values, e.values), name
 
 
-def test_4bit_inference_adds_the_sparse_delta_beside_the_base_kernel(training_setup):
-    """Issue 16.14: without gradients an NF4 layer computes base(x) + x·Δᵀ with Δ sparse (no per-token dequantize
-    and merge); its logits equal the training path's, for one adapter and for two applied at once (overlapping η
-    summed), and running it leaves the 4-bit weights readable by the training path."""
+def test_4bit_inference_merges_each_layer_once_while_the_adapter_is_unchanged(training_setup):
+    """Issue 16.14: without gradients an NF4 layer dequantizes and merges its active deltas once and keeps the
+    weight (not once per generated token); its logits equal the training path's for one adapter and for two applied
+    at once; changing φ in place or the active adapters rebuilds it; a training forward frees it."""
     from spiel.adapters import load_base
 
     model, _ = load_base(training_setup / "model", torch.float32, load_in_4bit=True, device="cpu")
@@ -224,13 +224,21 @@ def test_4bit_inference_adds_the_sparse_delta_beside_the_base_kernel(training_se
             for delta in spiel.deltas(name).values():
                 delta.values.normal_(0, 0.05)
     spiel.eval()
+    layer = spiel.spiel_layers()["model.layers.0.mlp.down_proj"]
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     outputs = []
     for active in (["default"], ["default", "b"]):
         spiel.set_adapter(active)
         training_path = spiel(input_ids=ids).logits.detach()
+        assert layer._inference is None  # freed by the forward pass with gradients
         with torch.no_grad():
             outputs.append(spiel(input_ids=ids).logits)
-        torch.testing.assert_close(outputs[-1], training_path, rtol=1e-5, atol=1e-5)
-        assert torch.equal(spiel(input_ids=ids).logits.detach(), training_path)  # weights untouched
+            cached = layer._inference[1]
+            assert torch.equal(spiel(input_ids=ids).logits, outputs[-1]) and layer._inference[1] is cached
+        torch.testing.assert_close(outputs[-1], training_path, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(*outputs)  # the second adapter mattered
+    with torch.no_grad():
+        spiel.deltas("b")["model.layers.0.mlp.down_proj"].values.mul_(3)
+        changed = spiel(input_ids=ids).logits
+    assert layer._inference[1] is not cached and not torch.allclose(changed, outputs[-1])
+    torch.testing.assert_close(changed, spiel(input_ids=ids).logits.detach(), rtol=1e-6, atol=1e-6)

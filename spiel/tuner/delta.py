@@ -216,18 +216,6 @@ def _merged(base_weight: BaseWeight, indices: Tensor, values: Tensor, dtype: tor
     return weight
 
 
-def sparse_side_product(x: Tensor, values: Tensor, indices: Tensor, shape: tuple[int, int]) -> Tensor:
-    """x · scatter(η, φ)ᵀ with the delta as a sparse matrix (no dense ``out × in`` tensor), for inference on a base
-    that is not merged (4-bit): the layer's output is ``base(x)`` plus this. Repeated positions (several adapters
-    applied at once) are summed; the product is computed in fp32 and returned in ``x``'s dtype."""
-    idx = indices.long()
-    in_f = shape[1]
-    delta = torch.sparse_coo_tensor(torch.stack([idx // in_f, idx % in_f]), values.detach().float(), shape,
-                                    device=x.device, check_invariants=False).coalesce()
-    x2d = x.reshape(-1, x.shape[-1]).float()
-    return torch.sparse.mm(delta, x2d.t()).t().reshape(*x.shape[:-1], shape[0]).to(x.dtype)
-
-
 def sparse_linear(x: Tensor, values: Tensor, indices: Tensor, base_weight: BaseWeight,
                   bias: Tensor | None = None, grad_mode: str = "dense",
                   observer: GradientObserver | None = None) -> Tensor:

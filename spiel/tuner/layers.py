@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .delta import GradientObserver, sparse_linear, sparse_side_product
+from .delta import GradientObserver, sparse_linear
 
 
 def is_4bit(layer: nn.Module) -> bool:
@@ -28,6 +28,7 @@ class SpielLinear(nn.Module):
         self.merged: list[tuple[str, Tensor]] = []  # (adapter, base values at its η), in merge order
         self.grad_mode = "dense"
         self.observer: GradientObserver | None = None
+        self._inference: tuple | None = None  # (key, merged weight, its deltas' tensors) for 4-bit inference
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -46,15 +47,22 @@ class SpielLinear(nn.Module):
             return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
         return weight.detach().to(dtype, copy=True)
 
-    def base_4bit_output(self, x: Tensor) -> Tensor:
-        """x Wᵀ + b through bitsandbytes' 4-bit matmul. Not ``base_layer(x)``: in inference on some CPUs that
-        repacks the weight in place into a layout which :meth:`base_weight`'s dequantization cannot read."""
-        import bitsandbytes as bnb
+    def inference_weight(self, active: list, dtype: torch.dtype) -> Tensor:
+        """W + Σ scatter(η, φ) of the active deltas on a 4-bit base, dequantized once and kept while the deltas are
+        unchanged (inference: without it every generated token dequantizes and re-merges every weight). It holds a
+        ``dtype`` copy of the weight until the next forward pass with gradients (training) frees it."""
+        tensors = [t for d in active for t in (d.values, d.indices)]
+        key = (dtype, *((id(t), t._version) for t in tensors))  # the cache holds the tensors: ids stay unique
+        if self._inference is None or self._inference[0] != key:
+            self._inference = None  # free the old copy before building the new one
+            weight = self.base_weight(dtype)
+            for delta in active:
+                weight.view(-1).index_add_(0, delta.indices.long(), delta.values.detach().to(dtype))
+            self._inference = (key, weight, tensors)
+        return self._inference[1]
 
-        layer, weight = self.base_layer, self.base_layer.weight
-        dtype = layer.compute_dtype or x.dtype
-        bias = None if layer.bias is None else layer.bias.to(dtype)
-        return bnb.matmul_4bit(x.to(dtype), weight, bias=bias, quant_state=weight.quant_state).to(x.dtype)
+    def _bias(self, dtype: torch.dtype) -> Tensor | None:
+        return None if self.base_layer.bias is None else self.base_layer.bias.to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         merged = {name for name, _ in self.merged}
@@ -67,9 +75,8 @@ class SpielLinear(nn.Module):
             values = torch.cat([d.values.to(torch.float32) for d in active])
             indices = torch.cat([d.indices.long() for d in active])
         if self.is_4bit and not torch.is_grad_enabled():
-            # inference on an unmerged 4-bit base: the base layer's own kernel plus x·Δᵀ with Δ sparse, instead of
-            # dequantizing and re-merging the whole weight for every generated token
-            return self.base_4bit_output(x) + sparse_side_product(x, values, indices, self.shape)
+            return nn.functional.linear(x, self.inference_weight(active, x.dtype), self._bias(x.dtype))
+        self._inference = None
         return sparse_linear(x, values, indices, self.base_weight, self.base_layer.bias,
                              self.grad_mode, self.observer)
 
