@@ -160,11 +160,15 @@ def _write_table(frame, markdown_text: str, record: dict, out: Path) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from .report.tables import build, fullift_notes, markdown
+    from .report.tables import build, fullift_notes, markdown, size_dataset
 
     released = _pairs(args.fullift_released, "--fullift-released")
+    for key in args.fullift_blank:
+        size_dataset(key, args.sizes, "--fullift-blank")
+    for key in released:
+        size_dataset(key, args.sizes, "--fullift-released")
     frame, sources = build(args.table, args.sizes, args.methods, args.root, args.fullift_blank)
-    notes = fullift_notes(args.fullift_blank, released) if "full" in args.methods else []
+    notes = fullift_notes(args.table, args.fullift_blank, released) if "full" in args.methods else []
     _write_table(frame, markdown(frame, notes), {"table": args.table, "sources": sources, "notes": notes},
                  Path(args.out))
 

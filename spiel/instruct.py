@@ -145,7 +145,9 @@ def from_hub(dataset_id: str, split: str = "train") -> list[Conversation]:
     columns = set(table.column_names)
     if "messages" in columns:
         return [{"messages": row["messages"], "source": dataset_id} for row in table]
-    if {"prompt", "completion"} <= columns:  # the other layout the authors' finetune.py accepts
+    if {"prompt", "completion"} <= columns:
+        # the other layout the authors' finetune.py accepts; it joins the two as plain text, here they become one
+        # user/assistant exchange in the Tülu format (loss on the completion either way)
         return [_chat(row["prompt"], row["completion"], dataset_id) for row in table]
     raise TrainDataError(f"{dataset_id}: expected a 'messages' column or 'prompt' and 'completion', found "
                          f"{table.column_names}")

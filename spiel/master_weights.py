@@ -14,6 +14,7 @@ The optimizer over the copies is bitsandbytes' paged 32-bit AdamW on CUDA (App. 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -32,9 +33,10 @@ def adamw(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.O
 
 
 class MasterWeights:
-    """fp32 copies of a model's low-precision trainable parameters, between backward and the optimizer.
+    """fp32 copies of a model's low-precision trainable parameters, which the optimizer updates.
 
-    ``before_step`` moves each parameter's gradient onto its copy (fp32) and frees the low-precision one;
+    Each backward pass adds a parameter's gradient into its copy's fp32 gradient as soon as it is computed and frees
+    the low-precision one (so the micro-batches of a step accumulate in fp32, and no bf16 gradient is held);
     ``after_step`` rounds the updated copies back into the parameters. fp32 parameters need no copy and are
     optimized directly.
     """
@@ -47,14 +49,9 @@ class MasterWeights:
                 self.optimized.append(param)
                 continue
             master = param.detach().float().clone().requires_grad_(True)
+            param.register_post_accumulate_grad_hook(partial(_accumulate_into, master))
             self.pairs.append((param, master))
             self.optimized.append(master)
-
-    @torch.no_grad()
-    def before_step(self) -> None:
-        for param, master in self.pairs:
-            master.grad = None if param.grad is None else param.grad.float()
-            param.grad = None
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -62,7 +59,8 @@ class MasterWeights:
             param.copy_(master)
 
     def state_dict(self) -> list[Tensor]:
-        return [master.detach().clone() for _, master in self.pairs]
+        """The masters themselves, not copies (27 GB at 7b): for a checkpoint that is written at once."""
+        return [master.detach() for _, master in self.pairs]
 
     @torch.no_grad()
     def load_state_dict(self, masters: list[Tensor]) -> None:
@@ -71,6 +69,15 @@ class MasterWeights:
         for (param, master), saved in zip(self.pairs, masters, strict=True):
             master.copy_(saved)
             param.copy_(saved)
+
+
+@torch.no_grad()
+def _accumulate_into(master: Tensor, param: nn.Parameter) -> None:
+    if master.grad is None:
+        master.grad = param.grad.float()
+    else:
+        master.grad.add_(param.grad)
+    param.grad = None
 
 
 def master_adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float

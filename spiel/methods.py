@@ -60,15 +60,22 @@ class Trainable:
     """fp32 copies of bf16 trainable parameters, which the optimizer updates (FullIFT, qLoRA)."""
 
     def step(self) -> None:
-        """Apply the accumulated gradients: optimizer step (through the fp32 masters, if any), then drop-and-grow."""
-        if self.masters is not None:
-            self.masters.before_step()
+        """Apply the accumulated gradients: optimizer step (on the fp32 masters, if any, rounded back into the
+        parameters), then drop-and-grow."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.masters is not None:
             self.masters.after_step()
         if self.reselector is not None:
             self.reselector.step()
+
+    def abandon_step(self) -> None:
+        """Drop the gradients of an optimizer step that will not be completed, and what drop-and-grow gathered
+        from them, so that the state is the last completed step's (a checkpoint written now resumes exactly)."""
+        self.model.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.reselector is not None:
+            self.reselector.abandon_step()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes in training (trainable tensors, SpIEL indices, optimizer, selector); a parameter
@@ -107,10 +114,11 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> T
         optimizer, masters = master_adamw(model.parameters(), lr, float(hp.get("weight_decay", 0.0)))
         return Trainable(model, optimizer, masters=masters)
     if spec.kind == "spiel":
-        # SpielConfig holds SpIEL's defaults (App. C); hp overrides those it names
-        knobs = {f.name for f in fields(SpielConfig)} - {"growth", "density", "num_deltas", "lora_rank"}
+        # SpielConfig holds SpIEL's defaults (App. C); hp overrides those it names, as the default's type
+        knobs = {f.name: type(f.default) for f in fields(SpielConfig)
+                 if f.name not in ("growth", "target_modules") and f.default is not None}
         config = SpielConfig(lora_rank=int(hp.get("rank", 64)), growth=spec.growth, target_modules=targets,
-                             **{k: v for k, v in hp.items() if k in knobs and k != "target_modules"})
+                             **{k: knobs[k](v) for k, v in hp.items() if k in knobs})
         wrapped = get_spiel_model(model, config)
         optimizer = make_optimizer(wrapped, lr=lr, weight_decay=float(hp.get("weight_decay", 0.0)))
         return Trainable(wrapped, optimizer, Reselector(wrapped, optimizer, total_steps))

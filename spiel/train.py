@@ -147,8 +147,7 @@ def optimizer_step(trainable: Trainable, micro: list[dict[str, torch.Tensor]],
     tokens = sum(int((b["labels"] != data.IGNORE).sum()) for b in micro)
     for batch in micro:
         if stop:
-            trainable.model.zero_grad(set_to_none=True)
-            trainable.optimizer.zero_grad(set_to_none=True)
+            trainable.abandon_step()
             raise Stopped(f"signal {stop[0]}")
         loss = target_loss(trainable.model, batch) / max(1, tokens)
         loss.backward()
@@ -171,9 +170,11 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     scheduler = lr_scheduler(run)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / "checkpoint.pt"
+    for stale in work.glob(".checkpoint.pt.*.tmp"):  # a write cut short by SIGKILL
+        stale.unlink()
     step = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+    if checkpoint.exists():  # read on the CPU, mapped: each load_state_dict copies onto the model's devices
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu", mmap=True)
         trainable.load_state_dict(state["trainable"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -200,7 +201,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
                                       "tokens": tokens, "seconds": time.perf_counter() - start}) + "\n")
             metrics.flush()
             progress.update()
-            if stop or (config.checkpoint_every and step % config.checkpoint_every == 0 and step < total):
+            if step < total and (stop or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                 _save_checkpoint(checkpoint, trainable, step, scheduler, rng_state())
             if stop and step < total:
                 progress.close()

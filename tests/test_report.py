@@ -95,6 +95,15 @@ def test_fullift_cells_follow_the_papers_table1(tmp_path):
     row13 = frame[frame["size"] == "13b"].iloc[0]
     assert pd.isna(row13["flan_mmlu"]) and pd.isna(row13["alpaca_humaneval"]) and row13["tulu_gsm"] == 43.0
     assert "13b/FullIFT/flan_mmlu" not in sources and "13b/FullIFT/tulu_mmlu" in sources
-    text = markdown(frame, fullift_notes(blank, released))
+    text = markdown(frame, fullift_notes("table1", blank, released))
     assert "FullIFT 13b on Tülu v2: evaluated from Tülu 2 13b, not trained here." in text
     assert "FullIFT blank for 13b GPT4-Alpaca, 13b Flan v2: not trained, as in the paper's Table 1" in text
+
+
+def test_table_rejects_a_malformed_fullift_cell(tmp_path, capsys):
+    from spiel.cli import main
+
+    assert main(["table", "--table", "table1", "--sizes", "7b", "--methods", "full", "--root", str(tmp_path),
+                 "--fullift-blank", "13b-flan", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "--fullift-blank '13b-flan': expected SIZE/DATASET" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()

@@ -89,13 +89,13 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
 
 
 def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, tmp_path):
-    """Issue 16.7: a first attempt with a 1-minute limit is stopped by SLURM (SIGTERM at the limit); training
-    writes the checkpoint of its last completed step and exits 75; the retry (runtime × attempt) resumes and ends
-    with the adapter that an uninterrupted local run gives."""
+    """Issue 16.7: attempts with a 1-minute limit are stopped by SLURM (SIGTERM at the limit); training writes the
+    checkpoint of its last completed step and exits 75; each retry (the same runtime) resumes, and the last ends with
+    the adapter that an uninterrupted local run gives."""
     folder = workdir(tmp_path)
     config = yaml.safe_load((folder / ".test/config.yaml").read_text())
     config["search"]["enabled"] = False
-    config["training"].update(epochs=3000, checkpoint_every=0)  # ~2 min of steps; checkpoints only when stopped
+    config["training"].update(epochs=6000, checkpoint_every=0)  # ~3 min of steps; checkpoints only when stopped
     config["models"]["tiny"]["resources"]["train_runtime"] = 1
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
     target = "results/adapters/tiny/flan/spiel-ag"
@@ -103,7 +103,7 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
                           capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) == 2  # the stopped attempt and its retry
+    assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 2  # stopped attempts and the last one
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated
     progress = (folder / "logs/train/tiny/flan/spiel-ag.log").read_text()  # the retry's log

@@ -203,3 +203,36 @@ def test_the_requested_device_is_honoured_where_cuda_is_visible(setup, monkeypat
     assert {p.device.type for p in run.trainable.model.parameters()} == {"cpu"}
     with pytest.raises((RuntimeError, AssertionError, ValueError)):
         prepare(setup / "model", "spiel-ag", setup / "train.jsonl", dataclasses.replace(config, device="auto"))
+
+
+@pytest.mark.parametrize("signal_at,completed", [(3, 0), (23, 5)])
+def test_a_signal_inside_an_estimation_step_resumes_exactly(setup, tmp_path, monkeypatch, signal_at, completed):
+    """A stop signal between two micro-batches of a SpIEL-AG estimation step (4 micro-batches per step, 6 steps;
+    S = 4, γ = 2: phases over steps 1–2 and 5–6): the step is abandoned with what the estimator gathered from it — in
+    a phase's first step (loss call 3) that includes its candidates, in its second (call 23) the partial sum — so the
+    resumed run equals an uninterrupted one bit for bit."""
+    import os
+    import signal
+
+    from spiel import train as train_module
+    from spiel.signals import Stopped
+
+    config = TrainConfig(epochs=1, batch_size=4, micro_batch_size=1, max_length=64, checkpoint_every=0,
+                         hp={"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 2})
+    train(setup / "model", "spiel-ag", setup / "train.jsonl", tmp_path / "whole", config)
+    calls = []
+    loss = train_module.target_loss
+
+    def signalled(model, batch):
+        calls.append(1)
+        if len(calls) == signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return loss(model, batch)
+
+    monkeypatch.setattr(train_module, "target_loss", signalled)
+    with pytest.raises(Stopped, match=f"after step {completed} of 6"):
+        train(setup / "model", "spiel-ag", setup / "train.jsonl", tmp_path / "cut", config)
+    monkeypatch.setattr(train_module, "target_loss", loss)
+    train(setup / "model", "spiel-ag", setup / "train.jsonl", tmp_path / "cut", config)
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

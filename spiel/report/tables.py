@@ -65,13 +65,24 @@ def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collecti
     return out
 
 
-def fullift_notes(blank_full: Collection[str], released: dict[str, str]) -> list[str]:
-    """Lines under the table saying which FullIFT cells are blank and which come from released models."""
+def size_dataset(key: str, sizes: Collection[str], option: str) -> tuple[str, str]:
+    """``SIZE/DATASET`` split and checked against the table's sizes and the training datasets."""
+    size, _, dataset = key.partition("/")
+    if size not in sizes or dataset not in ("flan", "alpaca", "tulu"):
+        raise ValueError(f"{option} {key!r}: expected SIZE/DATASET with SIZE in {sorted(sizes)} and DATASET one of "
+                         "flan, alpaca, tulu")
+    return size, dataset
+
+
+def fullift_notes(table: str, blank_full: Collection[str], released: dict[str, str]) -> list[str]:
+    """Lines under ``table`` saying which of its FullIFT cells are blank and which come from released models."""
+    columns = {dataset for dataset, _ in COLUMNS[table]}
     notes = [f"FullIFT {size} on {DATASET_LABELS[dataset]}: evaluated from {citation}, not trained here."
-             for key, citation in sorted(released.items()) for size, dataset in [key.split("/")]]
-    if blank_full:
-        pairs = ", ".join(f"{size} {DATASET_LABELS[dataset]}" for size, dataset in
-                          sorted(key.split("/") for key in blank_full))
+             for key, citation in sorted(released.items()) for size, dataset in [key.split("/")]
+             if dataset in columns]
+    blank = sorted(tuple(key.split("/")) for key in blank_full if key.split("/")[1] in columns)
+    if blank:
+        pairs = ", ".join(f"{size} {DATASET_LABELS[dataset]}" for size, dataset in blank)
         notes.append(f"FullIFT blank for {pairs}: not trained, as in the paper's Table 1 (full fine-tuning at that "
                      "size does not fit one 80 GB GPU).")
     return notes

@@ -64,6 +64,14 @@ class GradientEstimator:
         self.step_grad.zero_()
         self.steps += 1
 
+    def abandon_step(self) -> None:
+        """Forget the micro-batches of an optimizer step that will not be completed (it is rerun on resume); in the
+        phase's first step that includes the candidates they picked."""
+        if self.steps == 0:
+            self.candidates = self.step_grad = self.grad_sum = self.grad_sq_sum = None
+        elif self.step_grad is not None:
+            self.step_grad.zero_()
+
     def means(self) -> tuple[Tensor, Tensor, Tensor]:
         """(candidate positions, mean g, mean g²) over the phase's completed steps."""
         if self.candidates is None or self.steps == 0:

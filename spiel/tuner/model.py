@@ -86,8 +86,8 @@ class SpielModel(nn.Module):
         generators: dict[torch.device, torch.Generator] = {}  # one per device: η is drawn where it lives
         for name, layer in layers.items():
             device = _device_of(layer.base_layer)
-            if device not in generators:
-                generators[device] = torch.Generator(device=device).manual_seed(config.seed)
+            if device not in generators:  # layers spread over several GPUs draw different streams
+                generators[device] = torch.Generator(device=device).manual_seed(config.seed + (device.index or 0))
             generator = generators[device]
             layer.spiel_deltas[adapter_name] = SparseDelta.random(
                 layer.shape, counts[name], generator, device, _values_dtype(config, layer))

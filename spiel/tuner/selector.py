@@ -54,6 +54,11 @@ class Reselector:
             self._update()
         self._maybe_open_phase()
 
+    def abandon_step(self) -> None:
+        """Undo what the backward passes of an unfinished optimizer step contributed (see ``GradientEstimator``)."""
+        for estimator in self.estimators.values():
+            estimator.abandon_step()
+
     def _maybe_open_phase(self) -> None:
         if self.config.growth == "ag" and self.step_count + self.config.estimation_steps in self.updates:
             sampled = self.config.grad_mode == "sampled"
@@ -94,6 +99,8 @@ class Reselector:
         self.estimators = {}
         for name, fields in state["estimators"].items():
             estimator = GradientEstimator(fields["num_candidates"], fields["sampled"])
-            estimator.__dict__.update(fields)
+            device = self.layers[name].spiel_deltas[self.adapter_name].values.device  # a checkpoint read on the CPU
+            estimator.__dict__.update({k: v.to(device, copy=True) if torch.is_tensor(v) else v
+                                       for k, v in fields.items()})
             self.estimators[name] = estimator
             self.layers[name].observer = estimator

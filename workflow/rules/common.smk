@@ -63,11 +63,12 @@ def size_resource(key, default, per_attempt=False):
     return value
 
 
-def job_resources(runtime_key, default_runtime):
-    """Scheduler resources of a training / evaluation / memory job: memory and runtime grow with the attempt;
-    GPUs (and their model, where configured) come from the size."""
+def job_resources(runtime_key, default_runtime, resumes=False):
+    """Scheduler resources of a training / evaluation / memory job: memory grows with the attempt, and so does the
+    runtime of a job that starts over (a training job that ``resumes`` from its checkpoint asks for the same time
+    again, which a partition's limit allows); GPUs (and their model, where configured) come from the size."""
     resources = {"mem_mb": size_resource("mem_mb", 8000, True),
-                 "runtime": size_resource(runtime_key, default_runtime, True), "gpu": size_resource("gpu", 0)}
+                 "runtime": size_resource(runtime_key, default_runtime, not resumes), "gpu": size_resource("gpu", 0)}
     for key in ("gpu_model", "constraint"):
         if any(key in m.get("resources", {}) for m in config["models"].values()):
             resources[key] = size_resource(key, "")

@@ -20,7 +20,7 @@ rule train:
         method=lambda w: w.method,
     threads: config.get("threads", 1)
     resources:
-        **job_resources("train_runtime", 240),
+        **job_resources("train_runtime", 240, resumes=True),
     conda:
         ENV
     shell:
