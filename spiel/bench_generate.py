@@ -79,14 +79,16 @@ def main(argv: list[str] | None = None) -> None:
             fast = model(input_ids=ids).logits
         slow = model(input_ids=ids).logits.detach()
         paths = {"merge-per-token": True, "cached-merge": False}
-        seconds = {name: statistics.median(generate_seconds(model, ids, args.tokens, grad) for _ in range(args.reps))
-                   for name, grad in paths.items()}
+        runs = {name: [generate_seconds(model, ids, args.tokens, grad) for _ in range(args.reps)]
+                for name, grad in paths.items()}
+        seconds = {name: statistics.median(times) for name, times in runs.items()}
         cached_mb = sum(layer._inference[1].numel() * layer._inference[1].element_size()
                         for layer in model.spiel_layers().values()) / 2**20
     print(f"device={args.device} model=llama(h={args.hidden}, ffn={args.intermediate}, L={args.layers}) NF4 "
           f"rank={args.rank} prompt={args.prompt} tokens={args.tokens} reps={args.reps} threads={args.threads}")
     for name, value in seconds.items():
-        print(f"{name:20s} {args.tokens / value:8.2f} tokens/s")
+        rates = [args.tokens / t for t in runs[name]]
+        print(f"{name:20s} {args.tokens / value:8.2f} tokens/s (median; range {min(rates):.2f}–{max(rates):.2f})")
     print(f"max |logit difference| = {float((fast - slow).abs().max()):.2e}")
     print(f"cached weights: {cached_mb:.0f} MiB")
     print(f"ratio cached-merge/merge-per-token tokens_per_s={seconds['merge-per-token'] / seconds['cached-merge']:.3f}")

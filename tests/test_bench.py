@@ -16,3 +16,19 @@ def test_bench_prints_ratio_lines():
     assert re.fullmatch(rf"ratio sampled/dense grad_phi@1%={number}", tail[2]), tail
     for method in ("full", "lora", "spiel-ag", "spiel-ma"):
         assert re.search(rf"^{method}\s+\d+\.\d+", out.stdout, re.MULTILINE), method
+
+
+def test_generation_benchmark_compares_the_two_4bit_paths():
+    args = ["--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2",
+            "--vocab", "256", "--prompt", "8", "--tokens", "3", "--reps", "1", "--threads", "1"]
+    out = subprocess.run([sys.executable, "-m", "spiel.bench_generate", *args], capture_output=True, text=True,
+                         check=True).stdout
+    assert re.search(r"^max \|logit difference\| = 0\.00e\+00$", out, re.MULTILINE), out  # the same computation
+    assert re.search(r"^ratio cached-merge/merge-per-token tokens_per_s=\d+\.\d+$", out, re.MULTILINE), out
+
+
+def test_decontamination_benchmark_drops_exactly_the_quoting_conversations():
+    out = subprocess.run([sys.executable, "-m", "spiel.bench_data", "--scale", "0.01"], capture_output=True,
+                         text=True, check=True).stdout
+    quoted = int(re.search(r"quoted=(\d+)", out).group(1))
+    assert quoted > 0 and re.search(rf"^dropped={quoted} ", out, re.MULTILINE), out
