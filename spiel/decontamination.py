@@ -25,9 +25,9 @@ import numpy as np
 
 NGRAM = 13
 MIN_WORDS = 8
+"""Evaluation texts shorter than this many words are not matched (too generic: "Answer: A")."""
 CHUNK = 2000
 """Conversations checked together (their words held at once: ~1.5M words, ~40 MB of window hashes per length)."""
-"""Evaluation texts shorter than this many words are not matched (too generic: "Answer: A")."""
 _BASE = np.uint64(0x9E3779B97F4A7C15)
 _SKIPPED_FIELDS = ("split", "group", "source")
 _WORD = re.compile(r"\w+")

@@ -185,7 +185,7 @@ class SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, indices: Tensor, base_weight: BaseWeight,
                 bias: Tensor | None, grad_mode: str, observer: GradientObserver | None) -> Tensor:
-        weight = _merged(base_weight, indices, values, x.dtype)
+        weight = merged_weight(base_weight, indices, values, x.dtype)
         out = nn.functional.linear(x, weight, None if bias is None else bias.to(x.dtype))
         ctx.save_for_backward(x, values, indices)
         ctx.base_weight, ctx.grad_mode, ctx.observer = base_weight, grad_mode, observer
@@ -197,7 +197,7 @@ class SparseLinearFn(torch.autograd.Function):
         x, values, indices = ctx.saved_tensors
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            weight = _merged(ctx.base_weight, indices, values, grad_out.dtype)
+            weight = merged_weight(ctx.base_weight, indices, values, grad_out.dtype)
             grad_x = grad_out @ weight
             del weight
         if ctx.needs_input_grad[1] or ctx.observer is not None:
@@ -209,7 +209,7 @@ class SparseLinearFn(torch.autograd.Function):
         return grad_x, grad_values, None, None, None, None, None
 
 
-def _merged(base_weight: BaseWeight, indices: Tensor, values: Tensor, dtype: torch.dtype) -> Tensor:
+def merged_weight(base_weight: BaseWeight, indices: Tensor, values: Tensor, dtype: torch.dtype) -> Tensor:
     """W + scatter(η, φ) in ``dtype``, in a fresh tensor (the base is never modified)."""
     weight = base_weight(dtype)
     weight.view(-1).index_add_(0, indices.long(), values.detach().to(dtype))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .delta import GradientObserver, sparse_linear
+from .delta import GradientObserver, merged_weight, sparse_linear
 
 
 def is_4bit(layer: nn.Module) -> bool:
@@ -55,28 +55,20 @@ class SpielLinear(nn.Module):
         key = (dtype, *((id(t), t._version) for t in tensors))  # the cache holds the tensors: ids stay unique
         if self._inference is None or self._inference[0] != key:
             self._inference = None  # free the old copy before building the new one
-            weight = self.base_weight(dtype)
-            for delta in active:
-                weight.view(-1).index_add_(0, delta.indices.long(), delta.values.detach().to(dtype))
-            self._inference = (key, weight, tensors)
+            values, indices = _joined(active)
+            self._inference = (key, merged_weight(self.base_weight, indices, values, dtype), tensors)
         return self._inference[1]
-
-    def _bias(self, dtype: torch.dtype) -> Tensor | None:
-        return None if self.base_layer.bias is None else self.base_layer.bias.to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         merged = {name for name, _ in self.merged}
         active = [self.spiel_deltas[n] for n in self.active_adapters if n not in merged]
         if not active:
             return self.base_layer(x)
-        if len(active) == 1:
-            values, indices = active[0].values, active[0].indices
-        else:
-            values = torch.cat([d.values.to(torch.float32) for d in active])
-            indices = torch.cat([d.indices.long() for d in active])
         if self.is_4bit and not torch.is_grad_enabled():
-            return nn.functional.linear(x, self.inference_weight(active, x.dtype), self._bias(x.dtype))
+            bias = None if self.base_layer.bias is None else self.base_layer.bias.to(x.dtype)
+            return nn.functional.linear(x, self.inference_weight(active, x.dtype), bias)
         self._inference = None
+        values, indices = _joined(active)
         return sparse_linear(x, values, indices, self.base_weight, self.base_layer.bias,
                              self.grad_mode, self.observer)
 
@@ -101,3 +93,11 @@ class SpielLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active={self.active_adapters}, merged={[n for n, _ in self.merged]}, grad_mode={self.grad_mode}"
+
+
+def _joined(deltas: list) -> tuple[Tensor, Tensor]:
+    """(φ, η) of the deltas applied together: one delta's own tensors, or their concatenation (scatter-add sums
+    overlapping positions)."""
+    if len(deltas) == 1:
+        return deltas[0].values, deltas[0].indices
+    return torch.cat([d.values.to(torch.float32) for d in deltas]), torch.cat([d.indices.long() for d in deltas])
