@@ -55,6 +55,8 @@ def _protocols(args: argparse.Namespace) -> list:
 
     from_file = (yaml.safe_load(Path(args.protocol).read_text()) or {}) if args.protocol else {}
     settings = _key_values(args.set)
+    if args.confirm_run_unsafe_code and "humaneval" in args.benchmark:
+        settings["humaneval.confirm_run_unsafe_code"] = True
     protocols = []
     for benchmark in args.benchmark:
         overrides = dict(from_file.get(benchmark, {}))
@@ -101,20 +103,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
-
+    from .methods import check_hyperparameters
+    from .options import build
     from .search import read_selection
     from .train import TrainConfig, train
 
-    settings = _key_values(args.set)
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"hp"}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ValueError(f"--set: unknown training key(s) {unknown}; valid: {sorted(names)}")
     hp = _key_values(args.hp)
     for path in args.hp_file:
         hp.update(read_selection(path))
-    config = TrainConfig(**settings, hp=hp)
+    config = build(TrainConfig, _key_values(args.set), "--set", hp=check_hyperparameters(args.method, hp))
     summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config,
                     work=Path(args.work) if args.work else None)
     print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
@@ -123,11 +120,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_memory(args: argparse.Namespace) -> None:
     from .adapters import resolve_device
     from .memory import ProbeSpec, measure
+    from .methods import check_hyperparameters
+    from .options import build
     from .provenance import write_json_atomic
+    from .train import TrainConfig
 
+    settings = _key_values(args.set)
+    build(TrainConfig, settings, "--set")  # refused here, not in every probe
     device = resolve_device(args.device)
-    spec = ProbeSpec(args.model, args.method, args.data, args.steps, device=device, settings=_key_values(args.set),
-                     hp=_key_values(args.hp), timeout_s=args.timeout_s, threads=args.threads)
+    spec = ProbeSpec(args.model, args.method, args.data, args.steps, device=device, settings=settings,
+                     hp=check_hyperparameters(args.method, _key_values(args.hp)), timeout_s=args.timeout_s,
+                     threads=args.threads)
     record = measure(spec, args.low_mb, args.high_mb, args.step_mb, args.search_steps)
     write_json_atomic({**record, "size": args.size}, args.out)
     print(json.dumps({k: record[k] for k in ("method", "gradient_checkpointing", "device", "memory_mb",
@@ -292,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ev.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when visible")
+    ev.add_argument("--confirm-run-unsafe-code", action="store_true",
+                    help="HumanEval: run generated code even where bubblewrap cannot isolate it (protocol key "
+                         "confirm_run_unsafe_code)")
     ev.set_defaults(func=cmd_evaluate)
 
     tr = commands.add_parser("train", help="train one method on one instruction dataset",

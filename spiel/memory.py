@@ -154,13 +154,14 @@ def probe_main(spec: ProbeSpec, limit_mb: int) -> dict[str, Any]:
     """Inside the probe process: cap memory (CUDA), train ``spec.steps`` steps, report time and peak memory."""
     import torch
 
+    from .options import build
     from .train import TrainConfig, optimizer_step, prepare
 
     torch.set_num_threads(spec.threads)
     if spec.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_mb * 2**20 / total))
-    config = TrainConfig(**{**spec.settings, "device": spec.device}, hp=spec.hp)
+    config = build(TrainConfig, {**spec.settings, "device": spec.device}, "--set", hp=spec.hp)
     run = prepare(Path(spec.model), spec.method, Path(spec.data), config, total=spec.steps)
     if spec.device == "cpu":
         resource.setrlimit(resource.RLIMIT_DATA, (limit_mb * 2**20, limit_mb * 2**20))

@@ -7,13 +7,14 @@ Baselines come from ``peft`` (LoRA, qLoRA, (IA)3); 4-bit bases from ``transforme
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .master_weights import MasterWeights, master_adamw
+from .options import OptionError, checked, field_types
 from .tuner import Reselector, SpielConfig, get_spiel_model, make_optimizer
 from .tuner.config import LLAMA_TARGETS
 
@@ -103,29 +104,75 @@ class Trainable:
             self.reselector.load_state_dict(state["reselector"])
 
 
-def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> Trainable:
-    """Wrap ``model`` for method ``name`` with hyperparameters ``hp`` (lr, rank, weight_decay, S, …)."""
+_SHARED = {"lr": float, "weight_decay": float}
+_TARGETED = {"rank": int, "target_modules": list[str]}
+SPIEL_KNOBS = {k: v for k, v in field_types(SpielConfig).items()
+               if k not in ("growth", "target_modules", "density", "num_deltas", "lora_rank", "seed")}
+"""SpIEL's knobs a run may set as hyperparameters (S, γ, ξ, schedule, …); the budget comes from ``rank``."""
+HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "full": _SHARED, "ia3": _SHARED, "lora": {**_SHARED, **_TARGETED}, "spiel": {**_SHARED, **_TARGETED, **SPIEL_KNOBS}}
+"""Method kind → the hyperparameters it takes and their types (anything else is refused, not ignored)."""
+DEFAULT_RANK = 64
+"""LoRA's rank r, and SpIEL's budget as LoRA's parameter count at r, where a run names none (App. D)."""
+
+
+def check_hyperparameters(name: str, hp: dict[str, Any], where: str = "--hp") -> dict[str, Any]:
+    """``hp`` converted to the types method ``name`` takes; an unknown, inapplicable or impossible value is a
+    one-line :class:`OptionError` naming the key and what is valid."""
     spec = method(name)
-    lr = float(hp["lr"])
-    targets = list(hp.get("target_modules", LLAMA_TARGETS))
+    if spec.kind == "none":
+        if hp:
+            raise OptionError(f"{where}: {name} is not trained and takes no hyperparameters, got {sorted(hp)}")
+        return {}
+    valid = HYPERPARAMETERS[spec.kind]
+    inapplicable = sorted(set(hp) - set(valid))
+    if inapplicable:
+        raise OptionError(f"{where}: {inapplicable} not hyperparameter(s) of {name}; valid: {sorted(valid)}")
+    typed = checked(hp, valid, where)
+    if "lr" not in typed:
+        raise OptionError(f"{where}: {name} needs a learning rate (lr=VALUE; hyperparameters.{name}.lr in a config)")
+    lr, decay = typed["lr"], typed.get("weight_decay", 0.0)
+    if lr <= 0:
+        raise OptionError(f"{where} lr={lr}: the learning rate must be positive")
+    if not 0 <= decay * lr < 1:
+        raise OptionError(f"{where} weight_decay={decay}: must be >= 0 with lr × weight_decay < 1 (lr={lr})")
+    if typed.get("rank", 1) < 1:
+        raise OptionError(f"{where} rank={typed['rank']}: must be a positive integer")
+    if spec.kind == "spiel":
+        try:
+            spiel_config(spec, typed, seed=0)
+        except ValueError as error:
+            raise OptionError(f"{where}: {error}") from None
+    return typed
+
+
+def spiel_config(spec: Method, hp: dict[str, Any], seed: int) -> SpielConfig:
+    """The SpIEL adapter configuration of checked hyperparameters ``hp`` (SpielConfig's defaults elsewhere)."""
+    return SpielConfig(lora_rank=hp.get("rank", DEFAULT_RANK), growth=spec.growth, seed=seed,
+                       target_modules=list(hp.get("target_modules", LLAMA_TARGETS)),
+                       **{k: v for k, v in hp.items() if k in SPIEL_KNOBS})
+
+
+def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int, seed: int = 0) -> Trainable:
+    """Wrap ``model`` for method ``name`` with hyperparameters ``hp`` (lr, rank, weight_decay, S, …; checked by
+    :func:`check_hyperparameters`); ``seed`` draws SpIEL's initial indices."""
+    spec = method(name)
     if spec.kind == "none":
         raise ValueError(f"{name} is not trained")
+    hp = check_hyperparameters(name, hp)
+    lr, weight_decay = hp["lr"], hp.get("weight_decay", 0.0)
+    targets = list(hp.get("target_modules", LLAMA_TARGETS))
     if spec.kind == "full":
-        optimizer, masters = master_adamw(model.parameters(), lr, float(hp.get("weight_decay", 0.0)))
+        optimizer, masters = master_adamw(model.parameters(), lr, weight_decay)
         return Trainable(model, optimizer, masters=masters)
     if spec.kind == "spiel":
-        # SpielConfig holds SpIEL's defaults (App. C); hp overrides those it names, as the default's type
-        knobs = {f.name: type(f.default) for f in fields(SpielConfig)
-                 if f.name not in ("growth", "target_modules") and f.default is not None}
-        config = SpielConfig(lora_rank=int(hp.get("rank", 64)), growth=spec.growth, target_modules=targets,
-                             **{k: knobs[k](v) for k, v in hp.items() if k in knobs})
-        wrapped = get_spiel_model(model, config)
-        optimizer = make_optimizer(wrapped, lr=lr, weight_decay=float(hp.get("weight_decay", 0.0)))
+        wrapped = get_spiel_model(model, spiel_config(spec, hp, seed))
+        optimizer = make_optimizer(wrapped, lr=lr, weight_decay=weight_decay)
         return Trainable(wrapped, optimizer, Reselector(wrapped, optimizer, total_steps))
     from peft import IA3Config, LoraConfig, get_peft_model
 
     if spec.kind == "lora":
-        config = LoraConfig(r=int(hp.get("rank", 64)), lora_alpha=16, lora_dropout=0.1, target_modules=targets,
+        config = LoraConfig(r=hp.get("rank", DEFAULT_RANK), lora_alpha=16, lora_dropout=0.1, target_modules=targets,
                             task_type="CAUSAL_LM")
     else:
         config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"],
@@ -134,11 +181,9 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int) -> T
     # through fp32 masters by paged AdamW on CUDA (the authors' qLoRA optimizer); otherwise fp32 and AdamW.
     wrapped = get_peft_model(model, config, autocast_adapter_dtype=not spec.quantized)
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    weight_decay = float(hp.get("weight_decay", 0.0))
     if not spec.quantized:
         return Trainable(wrapped, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
     for param in params:
         param.data = param.data.to(torch.bfloat16)
     optimizer, masters = master_adamw(params, lr, weight_decay)
     return Trainable(wrapped, optimizer, masters=masters)
-

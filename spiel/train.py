@@ -11,14 +11,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
 from . import data
 from .adapters import load_base
-from .methods import Trainable, method, wrap
+from .methods import Trainable, check_hyperparameters, method, wrap
+from .options import OptionError
 from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
 from .signals import Stopped, stop_on_signals
 
@@ -35,11 +36,23 @@ class TrainConfig:
     checkpoint_every: int = 50
     """Optimizer steps between checkpoints (0 = never)."""
     gradient_checkpointing: bool = False
-    dtype: str = "float32"
-    device: str = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``."""
     hp: dict[str, Any] = field(default_factory=dict)
-    """Method hyperparameters: lr, rank, weight_decay, update_interval, …"""
+    """Method hyperparameters: lr, rank, weight_decay, update_interval, … (``methods.check_hyperparameters``)."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "micro_batch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise OptionError(f"training {key}={getattr(self, key)}: must be a positive integer")
+        if self.batch_size % self.micro_batch_size:
+            raise OptionError(f"training batch_size={self.batch_size}: must be a multiple of micro_batch_size="
+                              f"{self.micro_batch_size} (the effective batch is accumulated from micro-batches)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise OptionError(f"training warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if self.checkpoint_every < 0:
+            raise OptionError(f"training checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = never)")
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -104,6 +117,7 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
             total: int | None = None) -> Run:
     """Load the base (on ``config.device``), tokenize the data, wrap the model for the method.
     ``total`` overrides the number of optimizer steps the schedules plan for (memory probes)."""
+    check_hyperparameters(method_name, config.hp)
     torch.manual_seed(config.seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
@@ -111,14 +125,14 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
     examples = data.load(train_file, tokenizer, config.max_length)
     if not examples:
         raise data.TrainDataError(f"{train_file}: no example with an assistant token to learn from")
-    accumulation = max(1, config.batch_size // config.micro_batch_size)
+    accumulation = config.batch_size // config.micro_batch_size
     micro_per_epoch = math.ceil(len(examples) / config.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accumulation)
     total = total or steps_per_epoch * config.epochs
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    trainable = wrap(method_name, model, {"seed": config.seed, **config.hp}, total)
+    trainable = wrap(method_name, model, config.hp, total, seed=config.seed)
     return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total)
 
 

@@ -58,11 +58,13 @@ def cuda_setup(tmp_path_factory):
     return root
 
 
-def _config(dtype="bfloat16", device="cuda", **hp):
+def _config(name, dtype="bfloat16", device="cuda", **hp):
+    from spiel.methods import HYPERPARAMETERS, method
     from spiel.train import TrainConfig
 
+    small = {"lr": 1e-3, "rank": 2, "update_interval": 2, "estimation_steps": 1, **hp}
     return TrainConfig(batch_size=4, micro_batch_size=2, max_length=64, dtype=dtype, device=device,
-                       hp={"lr": 1e-3, "rank": 2, "update_interval": 2, "estimation_steps": 1, **hp})
+                       hp={k: v for k, v in small.items() if k in HYPERPARAMETERS[method(name).kind]})
 
 
 def test_sampled_grad_phi_in_bf16_equals_the_dense_gather():
@@ -86,7 +88,7 @@ def test_every_method_takes_bf16_steps_on_cuda(cuda_setup, name, grad_mode):
 
     if grad_mode == "sampled" and not name.startswith("spiel"):
         pytest.skip("∂L/∂φ modes are SpIEL's")
-    run = prepare(cuda_setup / "model", name, cuda_setup / "train.jsonl", _config(grad_mode=grad_mode))
+    run = prepare(cuda_setup / "model", name, cuda_setup / "train.jsonl", _config(name, grad_mode=grad_mode))
     run.trainable.model.train()
     assert run.device.type == "cuda"
     _, micro = run.micro_batches(0, {})
@@ -98,7 +100,7 @@ def test_bf16_full_finetuning_uses_paged_adamw_over_fp32_masters(cuda_setup):
     """Issue 16.2 on CUDA: bitsandbytes' paged 32-bit AdamW (where installed) updates fp32 masters."""
     from spiel.train import prepare
 
-    run = prepare(cuda_setup / "model", "full", cuda_setup / "train.jsonl", _config())
+    run = prepare(cuda_setup / "model", "full", cuda_setup / "train.jsonl", _config("full"))
     assert all(m.dtype == torch.float32 and m.is_cuda for m in run.trainable.masters.optimized)
     try:
         import bitsandbytes  # noqa: F401
@@ -113,7 +115,7 @@ def test_nf4_methods_train_and_qspiel_infers_with_the_cached_merge(cuda_setup, n
     pytest.importorskip("bitsandbytes")
     from spiel.train import optimizer_step, prepare
 
-    run = prepare(cuda_setup / "model", name, cuda_setup / "train.jsonl", _config())
+    run = prepare(cuda_setup / "model", name, cuda_setup / "train.jsonl", _config(name))
     model = run.trainable.model.train()
     _, micro = run.micro_batches(0, {})
     losses = [optimizer_step(run.trainable, micro)[0] for _ in range(4)]
@@ -130,7 +132,8 @@ def test_cpu_is_honoured_on_a_gpu_host(cuda_setup):
     """Issue 16.5: device=cpu trains on the CPU although CUDA is visible."""
     from spiel.train import prepare
 
-    run = prepare(cuda_setup / "model", "spiel-ag", cuda_setup / "train.jsonl", _config("float32", "cpu"))
+    config = _config("spiel-ag", "float32", "cpu")
+    run = prepare(cuda_setup / "model", "spiel-ag", cuda_setup / "train.jsonl", config)
     assert run.device.type == "cpu"
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from spiel import data
+from spiel.methods import HYPERPARAMETERS, method
 from spiel.models import tiny_tokenizer
 from spiel.train import TrainConfig, lr_factor, optimizer_step, prepare, target_loss, train
 
@@ -46,9 +47,15 @@ def setup(training_setup):
     return training_setup
 
 
-def _config(**hp):
+def hp_for(name: str, **hp) -> dict:
+    """Small-run hyperparameters, those that method ``name`` takes (others are refused)."""
+    small = {"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 1, **hp}
+    return {k: v for k, v in small.items() if k in HYPERPARAMETERS[method(name).kind]}
+
+
+def _config(name: str, **hp):
     return TrainConfig(epochs=2, batch_size=4, micro_batch_size=2, max_length=64, checkpoint_every=2,
-                       hp={"lr": 1e-2, "rank": 2, "update_interval": 4, "estimation_steps": 1, **hp})
+                       hp=hp_for(name, **hp))
 
 
 @pytest.mark.parametrize("name,dtype", [("spiel-ag", "float32"), ("spiel-ma", "float32"), ("lora", "float32"),
@@ -56,7 +63,7 @@ def _config(**hp):
                                         ("full", "bfloat16")])
 def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name, dtype):
     """Bit-identical resume, also where state is fp32 beside bf16 values (qSpIEL, qLoRA and bf16 FullIFT masters)."""
-    config = _config()
+    config = _config(name)
     config.dtype = dtype
     whole = train(setup / "model", name, setup / "train.jsonl", tmp_path / "whole", config)
     assert whole["finished"] and whole["steps"] == 12
@@ -75,7 +82,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name, 
 @pytest.mark.parametrize("name", ["full", "lora", "spiel-ag"])
 def test_target_loss_equals_the_full_logits_loss_and_gradient(setup, name):
     """The output layer applied at target positions only gives the loss and gradients of ``model(...).logits``."""
-    run = prepare(setup / "model", name, setup / "train.jsonl", _config())
+    run = prepare(setup / "model", name, setup / "train.jsonl", _config(name))
     _, (batch, *_) = run.micro_batches(0, {})
     assert 0 < int((batch["labels"] != data.IGNORE).sum()) < batch["labels"].numel()  # a partial mask
     model = run.trainable.model
@@ -99,7 +106,8 @@ def test_target_loss_equals_the_full_logits_loss_and_gradient(setup, name):
 @pytest.mark.parametrize("name", ["full", "ia3", "qspiel-ag", "qlora"])
 def test_every_method_trains(setup, tmp_path, name):
     summary = train(setup / "model", name, setup / "train.jsonl", tmp_path / name,
-                    TrainConfig(epochs=1, batch_size=4, micro_batch_size=4, max_length=64, hp={"lr": 1e-3, "rank": 2}))
+                    TrainConfig(epochs=1, batch_size=4, micro_batch_size=4, max_length=64,
+                                hp=hp_for(name, lr=1e-3)))
     assert summary["finished"] and summary["steps"] == 6
 
 
@@ -182,7 +190,7 @@ def test_bf16_full_finetuning_moves_the_weights_as_fp32_does(setup):
 
 def test_qlora_adapter_is_bf16_with_fp32_masters(setup):
     """§4.1 / App. B: on a 4-bit base the PEFT parameters are stored in bf16; the optimizer updates fp32 copies."""
-    run = prepare(setup / "model", "qlora", setup / "train.jsonl", _config())
+    run = prepare(setup / "model", "qlora", setup / "train.jsonl", _config("qlora"))
     lora = [p for p in run.trainable.model.parameters() if p.requires_grad]
     assert lora and all(p.dtype == torch.bfloat16 for p in lora)
     masters = run.trainable.masters

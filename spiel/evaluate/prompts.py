@@ -109,8 +109,11 @@ def score(doc: Row, outputs: list[str], proto: Protocol) -> tuple[float, Any]:
         return max_f1(answer, doc["answers"]), answer
     if name == "humaneval":
         programs = [humaneval_program(doc, completion) for completion in outputs]
+        def run(program: str):
+            return run_program(program, proto.timeout_s, proto.memory_mb, proto.confirm_run_unsafe_code)
+
         with ThreadPoolExecutor(max_workers=4) as pool:
-            outcomes = list(pool.map(lambda p: run_program(p, proto.timeout_s, proto.memory_mb), programs))
+            outcomes = list(pool.map(run, programs))
         passed = sum(o.passed for o in outcomes)
         return pass_at_k(len(outcomes), passed, 1), [o.status for o in outcomes]
     raise ValueError(f"{name} is scored by log-likelihood, not by generated text")

