@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .identity import check_base_identity
 from .tuner import SpielModel
 
 SPIEL = "SPIEL"
@@ -94,10 +95,13 @@ def _release_checkpoint_mapping(model: nn.Module) -> None:
 
 
 def apply_adapters(model: nn.Module, adapters: list[str | Path], merge: bool = True) -> nn.Module:
-    """``model`` with the adapters applied (composed when several); merged into the weights if ``merge``."""
+    """``model`` with the adapters applied (composed when several); merged into the weights if ``merge``. An adapter
+    trained on another base model is refused (``identity.check_base_identity``)."""
     if not adapters:
         return model
     kinds = {adapter_type(a) for a in adapters}
+    for folder in adapters:
+        check_base_identity(model, folder)
     if len(kinds) > 1:
         raise ValueError(f"cannot compose adapters of different kinds: {sorted(kinds)}")
     names = [f"a{i}" for i in range(len(adapters))]

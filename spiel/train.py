@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import data
 from .adapters import load_base
+from .identity import IdentityMismatch, base_identity, differences, run_fingerprint, save_base_identity
 from .methods import Trainable, check_hyperparameters, method, wrap
 from .options import OptionError
 from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
@@ -73,10 +74,26 @@ def rng_state() -> dict[str, Any]:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def _save_checkpoint(path: Path, trainable: Trainable, step: int, scheduler, rng: dict[str, Any]) -> None:
+def _save_checkpoint(path: Path, run: Run, step: int, scheduler, rng: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as stream:
-        torch.save({"step": step, "trainable": trainable.state_dict(), "scheduler": scheduler.state_dict(), **rng},
-                   stream)
+        torch.save({"step": step, "fingerprint": run.fingerprint, "trainable": run.trainable.state_dict(),
+                    "scheduler": scheduler.state_dict(), **rng}, stream)
+
+
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path``, read on the CPU and mapped, if it was written by the run of ``fingerprint``."""
+    fresh = f"delete it (rm {path}) to start afresh"
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
+    except Exception as error:  # truncated, foreign or not a torch file: any failure to read it means the same
+        raise IdentityMismatch(f"{path}: not a readable checkpoint ({type(error).__name__}); {fresh}") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise IdentityMismatch(f"{path}: not a checkpoint of this pipeline's training (no run fingerprint); {fresh}")
+    found = differences(state["fingerprint"], fingerprint)
+    if found:
+        raise IdentityMismatch(f"{path} was written by another run (differs in {'; '.join(found[:3])}); resuming "
+                               f"would mix two runs: {fresh}, or rerun with the settings it was written with")
+    return state
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -97,6 +114,10 @@ class Run:
     accumulation: int
     steps_per_epoch: int
     total: int
+    base: dict[str, Any]
+    """The base model's identity (``identity.base_identity``), recorded with adapters."""
+    fingerprint: dict[str, Any]
+    """What this run computes (``identity.run_fingerprint``); a checkpoint resumes only its own run."""
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +143,7 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
     model, tokenizer = load_base(model_dir, dtype, load_in_4bit=spec.quantized, device=config.device)
+    base = base_identity(model)
     examples = data.load(train_file, tokenizer, config.max_length)
     if not examples:
         raise data.TrainDataError(f"{train_file}: no example with an assistant token to learn from")
@@ -133,7 +155,8 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     trainable = wrap(method_name, model, config.hp, total, seed=config.seed)
-    return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total)
+    fingerprint = run_fingerprint(method_name, asdict(config), train_file, base)
+    return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total, base, fingerprint)
 
 
 def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -187,8 +210,8 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     for stale in work.glob(".checkpoint.pt.*.tmp"):  # a write cut short by SIGKILL
         stale.unlink()
     step = 0
-    if checkpoint.exists():  # read on the CPU, mapped: each load_state_dict copies onto the model's devices
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu", mmap=True)
+    if checkpoint.exists():  # each load_state_dict copies onto the model's devices
+        state = _load_checkpoint(checkpoint, run.fingerprint)
         trainable.load_state_dict(state["trainable"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -206,7 +229,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
             try:
                 loss_sum, tokens = optimizer_step(trainable, micro, stop)
             except Stopped as stopped:  # resume from the last completed step, with its random state
-                _save_checkpoint(checkpoint, trainable, step, scheduler, rng)
+                _save_checkpoint(checkpoint, run, step, scheduler, rng)
                 progress.close()
                 raise Stopped(f"stopped by {stopped} after step {step} of {total}; checkpoint {checkpoint}") from None
             scheduler.step()
@@ -216,16 +239,18 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
             metrics.flush()
             progress.update()
             if step < total and (stop or (config.checkpoint_every and step % config.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint, trainable, step, scheduler, rng_state())
+                _save_checkpoint(checkpoint, run, step, scheduler, rng_state())
             if stop and step < total:
                 progress.close()
                 raise Stopped(f"stopped by signal {stop[0]} after step {step} of {total}; checkpoint {checkpoint}")
     progress.close()
     if step < total:
-        _save_checkpoint(checkpoint, trainable, step, scheduler, rng_state())
+        _save_checkpoint(checkpoint, run, step, scheduler, rng_state())
         return {"step": step, "total": total, "finished": False}
     out.mkdir(parents=True, exist_ok=True)
     trainable.model.save_pretrained(out)
+    if spec.kind != "full":
+        save_base_identity(run.base, out)
     if work != out:
         shutil.copyfile(work / "metrics.jsonl", out / "metrics.jsonl")
     if spec.kind == "full":
