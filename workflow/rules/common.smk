@@ -3,7 +3,10 @@
 import json
 import shlex
 
-from spiel.methods import method
+from snakemake.exceptions import WorkflowError
+
+from spiel.methods import check_hyperparameters, method
+from spiel.options import build
 from spiel.report.tables import BASE, COMPOSED, cells
 from spiel.search import points, searched_as
 
@@ -90,6 +93,29 @@ def hyperparameters(wildcards, name=None, **overrides):
     if "lr" not in hp:
         raise ValueError(f"hyperparameters.{name}.lr: no learning rate configured")
     return key_values(hp)
+
+
+def check_config():
+    """What the schema cannot say, with the checks the jobs apply (one line naming the key): the training loop's
+    settings fit together (a batch of whole micro-batches) and every method's hyperparameters are ones it takes."""
+    from spiel.train import TrainConfig
+
+    for where, settings in (("training", config.get("training", {})),
+                            ("memory.training", {**config.get("training", {}), **MEMORY.get("training", {})})):
+        build(TrainConfig, settings, where)
+    for size in SIZES:
+        for name in {**config.get("hyperparameters", {}), **config["models"][size].get("hyperparameters", {})}:
+            check_hyperparameters(name, method_hp(size, name), f"hyperparameters.{name} (size {size})")
+        for name in MEMORY.get("methods", []):
+            check_hyperparameters(name, method_hp(size, name, rank=MEMORY.get("rank", 64),
+                                                  **MEMORY.get("hyperparameters", {}).get(name, {})),
+                                  f"memory.hyperparameters.{name} (size {size})")
+
+
+try:
+    check_config()
+except ValueError as error:
+    raise WorkflowError(f"config: {error}") from None
 
 
 def selection(wildcards, name=None):
