@@ -25,11 +25,27 @@ class ModelNotFound(RuntimeError):
 
 
 def adapter_type(directory: str | Path) -> str:
-    """The ``peft_type`` recorded in an adapter folder's ``adapter_config.json``."""
+    """The ``peft_type`` recorded in an adapter folder's ``adapter_config.json``, after checking that the folder's
+    files are whole (a truncated copy is an error naming the file, not a traceback from the loader)."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(directory) / "adapter_config.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory} holds no adapter_config.json (not a saved adapter)")
-    return json.loads(path.read_text()).get("peft_type", "")
+    try:
+        kind = json.loads(path.read_text()).get("peft_type", "")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not an adapter configuration (JSON object)") from None
+    weights = sorted(Path(directory).glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{directory}: no adapter weights (*.safetensors)")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(f"{file}: not a whole safetensors file ({error}); copy or train it again") from None
+    return kind
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,17 +62,31 @@ def resolve_device(name: str) -> str:
     return name
 
 
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(model_dir: str | Path) -> Path:
+    """``model_dir`` if it holds a whole Hugging Face model (config, weights, tokenizer); else what is missing."""
+    folder = Path(model_dir)
+    if not (folder / "config.json").exists():
+        raise ModelNotFound(f"model {model_dir!r} is not a local Hugging Face folder (no config.json). Download it "
+                            f"first (e.g. `hf download {model_dir} --local-dir models/NAME`) and point the config "
+                            f"at that folder; runs are offline.")
+    for kind, patterns in (("weights", WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES)):
+        if not any(next(folder.glob(p), None) for p in patterns):
+            raise ModelNotFound(f"model {folder}: no {kind} ({', '.join(patterns)}); the download or copy is "
+                                f"incomplete")
+    return folder
+
+
 def load_base(model_dir: str | Path, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
               device: str = "auto"):
     """(model, tokenizer) from a local Hugging Face folder, on ``device`` (see :func:`resolve_device`); never
     downloads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(model_dir)
-    if not (folder / "config.json").exists():
-        raise ModelNotFound(f"model {model_dir!r} is not a local Hugging Face folder (no config.json). Download it "
-                            f"first (e.g. `hf download {model_dir} --local-dir models/NAME`) and point the config "
-                            f"at that folder; runs are offline.")
+    folder = check_model_folder(model_dir)
     device = resolve_device(device)
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if device != "cpu":

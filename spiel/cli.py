@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+EXIT_USER_ERROR = 2
+"""Exit status after one of ``USER_ERRORS`` (its message printed as one line)."""
 
 
 def _pairs(pairs: list[str], option: str = "--set") -> dict[str, str]:
@@ -72,16 +74,20 @@ def _protocols(args: argparse.Namespace) -> list:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .adapters import apply_adapters, load_base
+    from .adapters import adapter_type, apply_adapters, check_model_folder, load_base
+    from .evaluate.prompts import read_rows, select
     from .evaluate.run import run
     from .provenance import write_json_atomic
 
     if not len(args.benchmark) == len(args.data) == len(args.out):
         raise ValueError("--benchmark, --data and --out need one value each per benchmark, in the same order")
     protocols = _protocols(args)
-    for data in args.data:
-        if not Path(data).exists():
-            raise FileNotFoundError(f"--data {data}: no such file (run `python -m spiel prepare-eval` first)")
+    check_model_folder(args.model)
+    for adapter in args.adapter:
+        adapter_type(adapter)
+    for proto, data in zip(protocols, args.data, strict=True):  # refused before the model loads
+        if not select(read_rows(Path(data), proto.benchmark), proto)[0]:
+            raise ValueError(f"--data {data}: no '{proto.split}' items for {proto.benchmark}")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit, device=args.device)
     model = apply_adapters(model, args.adapter, merge=not args.load_in_4bit).eval()
@@ -103,11 +109,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .adapters import check_model_folder
+    from .data import require_file
     from .methods import check_hyperparameters
     from .options import build
     from .search import read_selection
     from .train import TrainConfig, train
 
+    check_model_folder(args.model)
+    require_file(Path(args.data))
     hp = _key_values(args.hp)
     for path in args.hp_file:
         hp.update(read_selection(path))
@@ -118,13 +128,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
-    from .adapters import resolve_device
+    from .adapters import check_model_folder, resolve_device
+    from .data import require_file
     from .memory import ProbeSpec, measure
     from .methods import check_hyperparameters
     from .options import build
     from .provenance import write_json_atomic
     from .train import TrainConfig
 
+    check_model_folder(args.model)
+    require_file(Path(args.data))
     settings = _key_values(args.set)
     build(TrainConfig, settings, "--set")  # refused here, not in every probe
     device = resolve_device(args.device)
@@ -138,9 +151,15 @@ def cmd_memory(args: argparse.Namespace) -> None:
 
 
 def cmd_memory_probe(args: argparse.Namespace) -> None:
-    from .memory import ProbeSpec, probe_main
+    from .memory import EXIT_OOM, ProbeSpec, is_out_of_memory, probe_main
 
-    print(json.dumps(probe_main(ProbeSpec(**json.loads(args.spec)), args.limit_mb)))
+    try:
+        print(json.dumps(probe_main(ProbeSpec(**json.loads(args.spec)), args.limit_mb)))
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        print(f"out of memory: {type(error).__name__}: {str(error)[:300]}", file=sys.stderr)
+        raise SystemExit(EXIT_OOM) from None
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> None:
@@ -443,5 +462,5 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0

@@ -24,22 +24,37 @@ class TrainDataError(ValueError):
     """A malformed training file; the message names the file and line."""
 
 
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise TrainDataError(f"{path}: " + ("a folder, not a training file" if path.is_dir()
+                                            else "training file does not exist"))
+    return path
+
+
 def read_conversations(path: Path) -> Iterator[tuple[int, list[dict[str, str]]]]:
     """(line, messages) from a JSONL of ``{"messages": [{"role", "content"}, …]}`` rows."""
-    if not path.exists():
-        raise TrainDataError(f"{path}: training file does not exist")
-    with path.open() as handle:
-        for line, text in enumerate(handle, 1):
-            if not text.strip():
-                continue
-            try:
-                messages = json.loads(text)["messages"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise TrainDataError(f"{path}:{line}: expected a JSON object with a 'messages' list") from None
-            if not messages or any(m.get("role") not in ROLES or not isinstance(m.get("content"), str)
-                                   for m in messages):
-                raise TrainDataError(f"{path}:{line}: every message needs a role in {ROLES} and text content")
-            yield line, messages
+    require_file(path)
+    line = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line, text in enumerate(handle, 1):
+                if text.strip():
+                    yield line, _messages(path, line, text)
+    except UnicodeDecodeError:
+        raise TrainDataError(f"{path}:{line + 1}: not UTF-8 text (a binary or compressed file?); expected JSONL "
+                             "of {\"messages\": [...]} rows") from None
+
+
+def _messages(path: Path, line: int, text: str) -> list[dict[str, str]]:
+    try:
+        messages = json.loads(text)["messages"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise TrainDataError(f"{path}:{line}: expected a JSON object with a 'messages' list") from None
+    if not isinstance(messages, list) or not messages or any(
+            not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
+            for m in messages):
+        raise TrainDataError(f"{path}:{line}: every message needs a role in {ROLES} and text content")
+    return messages
 
 
 def segments(messages: list[dict[str, str]], eos: str) -> list[tuple[str, bool]]:

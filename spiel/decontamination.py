@@ -15,13 +15,14 @@ almost every window with one memory access, and only the rest are looked up in t
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .evaluate.sources import read_jsonl
 
 NGRAM = 13
 MIN_WORDS = 8
@@ -82,11 +83,7 @@ class NgramIndex:
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> NgramIndex:
         """The index of prepared evaluation JSONL files (one item per line)."""
-        def rows():
-            for path in paths:
-                with Path(path).open() as handle:
-                    yield from (json.loads(line) for line in handle if line.strip())
-        return cls.from_rows(rows())
+        return cls.from_rows(row for path in paths for _, row in read_jsonl(Path(path)))
 
     def __len__(self) -> int:
         return sum(h.size for h in self.hashes.values())

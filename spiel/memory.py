@@ -27,12 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance
+from .cli import EXIT_USER_ERROR
 
 MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction",
               "cpu": "RLIMIT_DATA (setrlimit), glibc mmap threshold 64 KiB"}
 OOM_MARKERS = ("out of memory", "memoryerror", "can't allocate memory", "cannot allocate memory",
                "failed to map segment", "std::bad_alloc")
 """Lower-case fragments of the messages with which an allocation failure ends a probe."""
+EXIT_OOM = 3
+"""Exit status of a ``memory-probe`` whose training raised an allocation failure."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An exception that means an allocation failed (Python, a torch allocator, CUDA)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MARKERS))
 
 
 @dataclass
@@ -141,8 +150,10 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
         report = json.loads(done.stdout.strip().splitlines()[-1])
         return probe(True, seconds_per_step=report["seconds_per_step"], step_seconds=report["step_seconds"],
                      peak_mb=report["peak_mb"], wall_s=wall)
-    # an allocation failure can end in an exception, an exit or an abort (SIGABRT): the message decides
-    if any(m in done.stderr.lower() for m in OOM_MARKERS):
+    # An allocation failure in training exits EXIT_OOM; one before the CLI runs (importing torch) or in native code
+    # ends in an uncaught exception or an abort, whose last lines — not paths or values earlier on — say so.
+    last = "\n".join(done.stderr.strip().splitlines()[-3:]).lower()
+    if done.returncode == EXIT_OOM or (done.returncode != EXIT_USER_ERROR and any(m in last for m in OOM_MARKERS)):
         return probe(False, "out of memory", wall_s=wall)
     if done.returncode < 0:
         return probe(False, f"killed by signal {-done.returncode}", wall_s=wall)

@@ -100,12 +100,12 @@ def test_a_damaged_checkpoint_is_one_line(training_setup, stopped_run, tmp_path,
 
 
 def test_an_adapter_is_refused_on_another_base_model(training_setup, tmp_path, capsys):
+    from conftest import CHAT_CORPUS
+
     from spiel.adapters import apply_adapters, load_base
     from spiel.identity import IDENTITY_FILE, IdentityMismatch
     from spiel.models import tiny_llama
     from spiel.train import TrainConfig, train
-
-    from conftest import CHAT_CORPUS
 
     adapter = tmp_path / "adapter"
     train(training_setup / "model", "lora", training_setup / "train.jsonl", adapter,
@@ -120,3 +120,134 @@ def test_an_adapter_is_refused_on_another_base_model(training_setup, tmp_path, c
     capsys.readouterr()
     apply_adapters(load_base(tmp_path / "other", device="cpu")[0], [adapter])
     assert "records no base model" in capsys.readouterr().err
+
+
+GSM_ROWS = [{"split": "shot", "group": "gsm", "question": "1 + 1?", "cot_answer": "1 + 1 = 2. The answer is 2."},
+            {"split": "test", "group": "gsm", "question": "2 + 3?", "answer": "5"},
+            {"split": "test", "group": "gsm", "question": "4 + 4?", "answer": "8"}]
+
+
+def _jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def evaluate_args(setup, data, out, benchmark="gsm", *extra) -> list[str]:
+    return ["evaluate", "--model", str(setup / "model"), "--benchmark", benchmark, "--data", str(data),
+            "--out", str(out), "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("broken line", ":3: not valid JSON"),
+    ("no answer", ":2: a gsm test row needs ['answer']"),
+    ("no exemplar answer", ":1: a gsm shot row needs ['cot_answer']"),
+    ("no group", ":2: expected a gsm row with a 'group'"),
+    ("binary", ":1: not UTF-8 JSONL text"),
+    ("folder", "a folder, not a JSONL file"),
+])
+def test_broken_evaluation_data_names_file_and_line(training_setup, tmp_path, capsys, damage, named):
+    rows = [dict(r) for r in GSM_ROWS]
+    data = tmp_path / "gsm.jsonl"
+    if damage == "no answer":
+        del rows[1]["answer"]
+    elif damage == "no exemplar answer":
+        del rows[0]["cot_answer"]
+    elif damage == "no group":
+        del rows[1]["group"]
+    _jsonl(data, rows)
+    if damage == "broken line":
+        data.write_text(data.read_text()[:-20] + "\n")
+    elif damage == "binary":
+        data.write_bytes(b"\x8b\x1f\xc0\x00" * 64)
+    elif damage == "folder":
+        data.unlink()
+        data.mkdir()
+    code, err = run_cli(capsys, *evaluate_args(training_setup, data, tmp_path / "out.json"))
+    assert code == 2 and f"{data}" in err and named in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_an_unknown_group_is_an_error_not_a_smaller_benchmark(training_setup, tmp_path, capsys):
+    rows = [{"split": split, "group": group, "question": f"{group} {i}?", "choices": ["a", "b", "c", "d"],
+             "answer": "A"} for group in ("anatomy", "astronomy") for i, split in enumerate(("shot", "test"))]
+    data = _jsonl(tmp_path / "mmlu.jsonl", rows)
+    code, err = run_cli(capsys, *evaluate_args(training_setup, data, tmp_path / "out.json", "mmlu",
+                                               "--set", "groups=[anatomy, astronmy]"))
+    assert code == 2 and "mmlu.groups: ['astronmy'] not in the data" in err and "anatomy, astronomy" in err
+
+
+def test_an_incomplete_model_folder_or_adapter_is_one_line(training_setup, tmp_path, capsys):
+    import shutil
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(training_setup / "model" / "config.json", partial)
+    code, err = run_cli(capsys, *train_args(training_setup, tmp_path / "out"), "--model", str(partial))
+    assert code == 2 and f"model {partial}: no weights" in err
+    data = _jsonl(tmp_path / "gsm.jsonl", GSM_ROWS)
+    adapter = tmp_path / "adapter"
+    assert run_cli(capsys, *train_args(training_setup, adapter, "lora"))[0] == 0
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # a copy cut short
+    code, err = run_cli(capsys, *evaluate_args(training_setup, data, tmp_path / "out.json"), "--adapter", str(adapter))
+    assert code == 2 and f"{weights}: not a whole safetensors file" in err
+
+
+@pytest.mark.parametrize("damage", ["folder", "binary"])
+def test_training_data_that_is_not_a_file_of_text(training_setup, tmp_path, capsys, damage):
+    data = tmp_path / "train.jsonl"
+    if damage == "folder":
+        data.mkdir()
+    else:
+        data.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    code, err = run_cli(capsys, *train_args(training_setup, tmp_path / "out"), "--data", str(data))
+    assert code == 2 and str(data) in err and ("a folder" in err if damage == "folder" else "not UTF-8" in err)
+
+
+def _eval_tree(root, value=40.0, benchmark=None) -> None:
+    """Table 2's evaluation files for one size (s) and LoRA; the Flan MMLU one with ``value`` / ``benchmark``."""
+    from spiel.report.tables import cells
+
+    for cell in cells("table2", ["s"], ["lora"]):
+        path = cell.path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        odd = (cell.dataset, cell.benchmark) == ("flan", "mmlu")
+        record = {"benchmark": (benchmark or cell.benchmark) if odd else cell.benchmark,
+                  "value": value if odd else 40.0, "stderr": 2.0}
+        path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("value,benchmark,named", [
+    (float("nan"), None, "value=nan is not a score"), (250.0, None, "value=250.0 is not a score"),
+    ("40.0", None, "value='40.0' is not a score"), (40.0, "gsm", "a result of benchmark 'gsm' where 'mmlu' belongs"),
+])
+def test_an_evaluation_file_that_is_not_a_result_stops_the_table(tmp_path, capsys, value, benchmark, named):
+    _eval_tree(tmp_path / "eval", value, benchmark)
+    out = tmp_path / "table2.csv"
+    code, err = run_cli(capsys, "table", "--table", "table2", "--sizes", "s", "--methods", "lora",
+                        "--root", str(tmp_path / "eval"), "--out", str(out))
+    assert code == 2 and "s/flan/lora/mmlu.json" in err and named in err and not out.exists()
+    _eval_tree(tmp_path / "eval")
+    assert run_cli(capsys, "table", "--table", "table2", "--sizes", "s", "--methods", "lora",
+                   "--root", str(tmp_path / "eval"), "--out", str(out))[0] == 0
+
+
+def test_an_audit_of_a_missing_results_folder_fails(tmp_path, capsys):
+    code, err = run_cli(capsys, "audit", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "a.csv"))
+    assert code == 2 and f"{tmp_path / 'nothing'}: no such folder" in err and not (tmp_path / "a.csv").exists()
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(capsys, "audit", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "a.csv"))
+    assert code == 2 and "holds none of table1" in err
+
+
+def test_a_probe_that_fails_of_a_python_error_is_not_out_of_memory(training_setup, tmp_path):
+    """A memory probe whose data path happens to contain an OOM message fails of its error, not of memory."""
+    from spiel.memory import ProbeSpec, run_probe
+
+    folder = tmp_path / "cannot allocate memory"
+    folder.mkdir()
+    spec = ProbeSpec(str(training_setup / "model"), "lora", str(folder / "missing.jsonl"), steps=1, device="cpu",
+                     settings={"batch_size": 2, "micro_batch_size": 2, "max_length": 32}, hp={"lr": 1e-3, "rank": 2},
+                     timeout_s=120)
+    probe = run_probe(spec, 8000)
+    assert not probe.passed and probe.reason != "out of memory" and "training file does not exist" in probe.reason

@@ -61,7 +61,7 @@ def no_isolation(monkeypatch, tmp_path):
 def test_without_isolation_generated_code_is_refused_unless_confirmed(no_isolation, tmp_path):
     marker = tmp_path / "ran"
     program = f"open({str(marker)!r}, 'w').write('x')\n"
-    with pytest.raises(SandboxUnavailable, match="bubblewrap.*confirm_run_unsafe_code"):
+    with pytest.raises(SandboxUnavailable, match=r"bubblewrap.*confirm_run_unsafe_code"):
         run_program(program)
     assert not marker.exists()
     assert run_program(program, unsafe=True).passed and marker.exists()  # the opt-in runs it, unisolated
@@ -105,8 +105,9 @@ def _sandbox_processes(tag: str) -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if tag in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"):
-                found.append(pid)
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if tag in cmdline.read().decode(errors="replace"):
+                    found.append(pid)
         except OSError:
             pass
     return found

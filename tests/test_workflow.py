@@ -276,3 +276,19 @@ def test_nested_config_overrides_keep_their_types(tmp_path):
     bad = _snakemake(folder, "-n", "results/table1.csv", "--config", "training={epochs: 0}")
     message = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "0 is less than the minimum of 1" in message and "epochs" in message
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda c: c["eval_data"].pop("gsm"), "'gsm' is a required property"),
+    (lambda c: c["train_data"].pop("tulu"), "'tulu' is a required property"),
+    (lambda c: c["hyperparameters"]["lora"].update(update_interval=3),
+     "['update_interval'] not hyperparameter(s) of lora"),
+    (lambda c: c["training"].update(batch_size=6), "batch_size=6: must be a multiple of micro_batch_size=4"),
+])
+def test_a_config_the_jobs_would_refuse_stops_before_any_job(tmp_path, change, named):
+    folder = _workdir(tmp_path)
+    config = yaml.safe_load((folder / "config" / "config.yaml").read_text())
+    change(config)
+    (folder / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = _snakemake(folder, "-n", "results/table1.csv", "--configfile", "bad.yaml")
+    assert done.returncode != 0 and named in done.stdout + done.stderr, done.stdout[-1500:] + done.stderr[-1500:]

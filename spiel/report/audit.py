@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .tables import read_result
+
 REPLICATED, NOT_REPLICATED, NOT_MEASURED = "replicated", "not replicated", "not measured"
 KEYS = {"table1": ["size", "method"], "table2": ["size", "method"], "table3": ["size", "method",
         "activation_checkpointing"], "table4": ["size", "method"], "table5": ["schedule", "update_every_steps"]}
@@ -38,6 +40,9 @@ class Tables:
     @classmethod
     def load(cls, folder: str | Path, figure2: str | Path | None = None) -> Tables:
         folder = Path(folder)
+        if not folder.is_dir() or not any((folder / f"{name}.csv").exists() for name in KEYS):
+            raise FileNotFoundError(f"{folder}: " + ("no such folder" if not folder.is_dir() else
+                                                     f"holds none of {', '.join(KEYS)} (.csv)"))
         frames: dict[str, pd.DataFrame | None] = {}
         stderr: dict[str, float] = {}
         for name in KEYS:
@@ -45,7 +50,7 @@ class Tables:
             frames[name] = pd.read_csv(path, dtype={"activation_checkpointing": str}) if path.exists() else None
             if name in ("table1", "table2"):
                 for key, evaluation in _sources(folder, name):
-                    stderr[f"{name}/{key}"] = float(json.loads(evaluation.read_text()).get("stderr", math.nan))
+                    stderr[f"{name}/{key}"] = read_result(evaluation, key.rsplit("_", 1)[1])["stderr"]
         ranks = {key: list(json.loads(selection.read_text())["grid"].get("rank", []))
                  for key, selection in _sources(folder, "table4")}
         data = None

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from safetensors import safe_open
 
+from ..adapters import adapter_type
 from ..methods import method
 from ..provenance import atomic_open
 from ..tuner.model import WEIGHTS_NAME
@@ -25,6 +26,7 @@ from ..tuner.model import WEIGHTS_NAME
 
 def index_ages(adapter: str | Path) -> pd.Series:
     """Proportion of a saved SpIEL adapter's indices per ``grown_at`` step, over all its tensors."""
+    adapter_type(adapter)  # whole files, or an error naming the file
     counts: dict[int, int] = {}
     with safe_open(str(Path(adapter) / WEIGHTS_NAME), framework="pt") as tensors:
         for key in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)

@@ -88,6 +88,26 @@ def fullift_notes(table: str, blank_full: Collection[str], released: dict[str, s
     return notes
 
 
+def read_result(path: str | Path, benchmark: str) -> dict:
+    """The evaluation result of ``benchmark`` at ``path``: its score and standard error finite and in [0, 100]; a
+    missing, foreign or impossible file is an error naming it (never an empty cell that reads as "not run")."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no evaluation result (its evaluation job has not run)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not an evaluation result (JSON)") from None
+    found = record.get("benchmark") if isinstance(record, dict) else None
+    if found != benchmark:
+        raise ValueError(f"{path}: a result of benchmark {found!r} where {benchmark!r} belongs")
+    for key in ("value", "stderr"):
+        number = record.get(key)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 100:
+            raise ValueError(f"{path}: {key}={number!r} is not a score in [0, 100]")  # NaN fails the range too
+    return record
+
+
 def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "results/eval",
           blank_full: Collection[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
     """(table, sources): the table as in the paper's CSV, and for each ``size/method/column`` its JSON file."""
@@ -97,7 +117,7 @@ def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "
     sources = {}
     for cell in cells(table, sizes, methods, blank_full):
         path = cell.path(root)
-        value = json.loads(path.read_text())["value"]
+        value = read_result(path, cell.benchmark)["value"]
         label, column = method(cell.method).label, column_name(cell.dataset, cell.benchmark)
         frame.loc[(frame["size"] == cell.size) & (frame["method"] == label), column] = round(value, 2)
         sources[f"{cell.size}/{label}/{column}"] = str(path)
@@ -126,7 +146,7 @@ def build_table5(root: str | Path, schedules: list[str], intervals: list[int]
             row: dict = {"schedule": schedule, "update_every_steps": interval}
             for benchmark in ("mmlu", "tydiqa"):
                 path = Path(root) / f"{schedule}-S{interval}" / f"{benchmark}.json"
-                row[benchmark] = round(json.loads(path.read_text())["value"], 2)
+                row[benchmark] = round(read_result(path, benchmark)["value"], 2)
                 sources[f"{schedule}/{interval}/{benchmark}"] = str(path)
             rows.append(row)
     return pd.DataFrame(rows), sources
