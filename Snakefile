@@ -18,32 +18,7 @@ if not workflow.config_settings.configfiles:
 
 
 
-def typed(value):
-    """A ``--config`` value as YAML would read it: Snakemake keeps nested values (``training={epochs: 3}``) as
-    strings, which the schema would refuse."""
-    if isinstance(value, dict):
-        return {key: typed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [typed(item) for item in value]
-    if isinstance(value, str):
-        for parse in (int, float):
-            try:
-                return parse(value)
-            except ValueError:
-                pass
-        return {"true": True, "false": False, "null": None}.get(value.lower(), value)
-    return value
-
-
-def retype_overrides(target, overrides):
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            retype_overrides(target[key], value)
-        else:
-            target[key] = typed(target[key])
-
-
-retype_overrides(config, workflow.config_settings.config or {})
+include: "workflow/rules/overrides.smk"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

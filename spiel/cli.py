@@ -10,8 +10,6 @@ from pathlib import Path
 import yaml
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
-EXIT_USER_ERROR = 2
-"""Exit status after one of ``USER_ERRORS`` (its message printed as one line)."""
 
 
 def _pairs(pairs: list[str], option: str = "--set") -> dict[str, str]:
@@ -77,15 +75,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .adapters import adapter_type, apply_adapters, check_model_folder, load_base
     from .evaluate.prompts import read_rows, select
     from .evaluate.run import run
+    from .evaluate.sandbox import require_isolation
     from .provenance import write_json_atomic
 
     if not len(args.benchmark) == len(args.data) == len(args.out):
         raise ValueError("--benchmark, --data and --out need one value each per benchmark, in the same order")
-    protocols = _protocols(args)
+    protocols = _protocols(args)  # what is refused, is refused before a model loads
+    if "humaneval" in args.benchmark:
+        require_isolation(protocols[args.benchmark.index("humaneval")].confirm_run_unsafe_code)
     check_model_folder(args.model)
     for adapter in args.adapter:
         adapter_type(adapter)
-    for proto, data in zip(protocols, args.data, strict=True):  # refused before the model loads
+    for proto, data in zip(protocols, args.data, strict=True):
         if not select(read_rows(Path(data), proto.benchmark), proto)[0]:
             raise ValueError(f"--data {data}: no '{proto.split}' items for {proto.benchmark}")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
@@ -110,14 +111,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .adapters import check_model_folder
-    from .data import require_file
+    from .data import check_file
     from .methods import check_hyperparameters
     from .options import build
     from .search import read_selection
     from .train import TrainConfig, train
 
     check_model_folder(args.model)
-    require_file(Path(args.data))
+    check_file(Path(args.data))
     hp = _key_values(args.hp)
     for path in args.hp_file:
         hp.update(read_selection(path))
@@ -129,7 +130,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_memory(args: argparse.Namespace) -> None:
     from .adapters import check_model_folder, resolve_device
-    from .data import require_file
+    from .data import check_file
     from .memory import ProbeSpec, measure
     from .methods import check_hyperparameters
     from .options import build
@@ -137,7 +138,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     from .train import TrainConfig
 
     check_model_folder(args.model)
-    require_file(Path(args.data))
+    check_file(Path(args.data))
     settings = _key_values(args.set)
     build(TrainConfig, settings, "--set")  # refused here, not in every probe
     device = resolve_device(args.device)
@@ -452,7 +453,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .signals import EXIT_STOPPED, Stopped
+    from .signals import EXIT_STOPPED, EXIT_USER_ERROR, Stopped
 
     args = parser().parse_args(argv)
     try:

@@ -8,13 +8,14 @@ are dropped (as the authors' code does).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .jsonl import JsonlError, read_jsonl
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -24,36 +25,27 @@ class TrainDataError(ValueError):
     """A malformed training file; the message names the file and line."""
 
 
-def require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise TrainDataError(f"{path}: " + ("a folder, not a training file" if path.is_dir()
-                                            else "training file does not exist"))
-    return path
-
-
 def read_conversations(path: Path) -> Iterator[tuple[int, list[dict[str, str]]]]:
     """(line, messages) from a JSONL of ``{"messages": [{"role", "content"}, …]}`` rows."""
-    require_file(path)
-    line = 0
     try:
-        with path.open(encoding="utf-8") as handle:
-            for line, text in enumerate(handle, 1):
-                if text.strip():
-                    yield line, _messages(path, line, text)
-    except UnicodeDecodeError:
-        raise TrainDataError(f"{path}:{line + 1}: not UTF-8 text (a binary or compressed file?); expected JSONL "
-                             "of {\"messages\": [...]} rows") from None
+        for line, row in read_jsonl(path, "training file"):
+            yield line, _messages(path, line, row)
+    except JsonlError as error:
+        raise TrainDataError(str(error)) from None
 
 
-def _messages(path: Path, line: int, text: str) -> list[dict[str, str]]:
-    try:
-        messages = json.loads(text)["messages"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise TrainDataError(f"{path}:{line}: expected a JSON object with a 'messages' list") from None
+def check_file(path: Path) -> None:
+    """Fail fast, before a model loads: the file exists, is text, and its first row is a conversation."""
+    next(read_conversations(path), None)
+
+
+def _messages(path: Path, line: int, row: Any) -> list[dict[str, str]]:
+    messages = row.get("messages") if isinstance(row, dict) else None
     if not isinstance(messages, list) or not messages or any(
             not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
             for m in messages):
-        raise TrainDataError(f"{path}:{line}: every message needs a role in {ROLES} and text content")
+        raise TrainDataError(f"{path}:{line}: expected a JSON object with a 'messages' list, every message with a "
+                             f"role in {ROLES} and text content")
     return messages
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate.sources import read_jsonl
+from .jsonl import read_jsonl
 
 NGRAM = 13
 MIN_WORDS = 8

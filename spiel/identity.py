@@ -25,15 +25,22 @@ SAMPLE = 4096
 
 
 class IdentityMismatch(ValueError):
-    """A checkpoint or adapter used with a run or model other than its own."""
+    """An adapter applied to a base model other than the one it was trained on."""
+
+
+def sample_positions(n: int, k: int = SAMPLE) -> torch.Tensor:
+    """``k`` evenly spaced positions in ``range(n)``, first and last included, in integer arithmetic (float
+    spacing would round differently per device and CPU kernel beyond 2^24 elements)."""
+    k = min(k, n)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
 
 
 def base_identity(model: nn.Module) -> dict[str, Any]:
     """Architecture and embedding checksum of a loaded base model (before any adapter is applied)."""
     config = model.config.to_dict()
     weight = model.get_input_embeddings().weight.detach().reshape(-1)
-    picks = torch.linspace(0, weight.numel() - 1, min(SAMPLE, weight.numel()), device=weight.device).long()
-    sample = weight[picks].to(torch.bfloat16).float().cpu().numpy().tobytes()
+    picked = weight[sample_positions(weight.numel()).to(weight.device)]
+    sample = picked.to(torch.bfloat16).float().cpu().numpy().tobytes()
     return {"architecture": {k: config.get(k) for k in ARCHITECTURE},
             "embedding_sha256": hashlib.sha256(sample).hexdigest(), "path": str(config.get("_name_or_path", ""))}
 
@@ -76,8 +83,9 @@ def check_base_identity(model: nn.Module, folder: str | Path) -> None:
                                f"differs in {'; '.join(found[:3])}); apply it to the model it was trained on")
 
 
-RESUME_INVARIANT = ("checkpoint_every", "device")
-"""Training settings a resumed run may change: they do not change what is computed."""
+RESUME_INVARIANT = ("checkpoint_every", "device", "gradient_checkpointing")
+"""Training settings a resumed run may change: they do not change what is computed (a run that ran out of memory
+may resume with activation checkpointing)."""
 
 
 def run_fingerprint(method: str, settings: dict[str, Any], data_file: Path, base: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance
-from .cli import EXIT_USER_ERROR
+from .signals import EXIT_USER_ERROR
 
 MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction",
               "cpu": "RLIMIT_DATA (setrlimit), glibc mmap threshold 64 KiB"}

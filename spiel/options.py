@@ -85,4 +85,9 @@ def checked(values: dict[str, Any], types_: dict[str, Any], where: str) -> dict[
 def build(cls: type, values: dict[str, Any], where: str, **fixed: Any) -> Any:
     """An instance of dataclass ``cls`` from ``values`` (checked, converted) and ``fixed`` (taken as they are)."""
     types_ = {k: v for k, v in field_types(cls).items() if k not in fixed}
-    return cls(**checked(values, types_, where), **fixed)
+    try:
+        return cls(**checked(values, types_, where), **fixed)
+    except OptionError as error:
+        if str(error).startswith(where):
+            raise
+        raise OptionError(f"{where} {error}") from None

@@ -12,6 +12,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 KillWait) and the warning signal of ``sbatch --signal=USR1@SECONDS``."""
 EXIT_STOPPED = 75
 """Exit status of a training stopped by a signal after writing its checkpoint (EX_TEMPFAIL: retry it)."""
+EXIT_USER_ERROR = 2
+"""Exit status of a command stopped by bad input (its one-line message printed); not worth a retry."""
 
 
 class Stopped(Exception):

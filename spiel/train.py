@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from . import data
 from .adapters import load_base
-from .identity import IdentityMismatch, base_identity, differences, run_fingerprint, save_base_identity
+from .identity import base_identity, differences, run_fingerprint, save_base_identity
 from .methods import Trainable, check_hyperparameters, method, wrap
 from .options import OptionError
 from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
@@ -46,14 +47,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "micro_batch_size", "max_length"):
             if getattr(self, key) < 1:
-                raise OptionError(f"training {key}={getattr(self, key)}: must be a positive integer")
+                raise OptionError(f"{key}={getattr(self, key)}: must be a positive integer")
         if self.batch_size % self.micro_batch_size:
-            raise OptionError(f"training batch_size={self.batch_size}: must be a multiple of micro_batch_size="
+            raise OptionError(f"batch_size={self.batch_size}: must be a multiple of micro_batch_size="
                               f"{self.micro_batch_size} (the effective batch is accumulated from micro-batches)")
         if not 0 <= self.warmup_ratio < 1:
-            raise OptionError(f"training warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+            raise OptionError(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
         if self.checkpoint_every < 0:
-            raise OptionError(f"training checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = never)")
+            raise OptionError(f"checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = never)")
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -80,19 +81,25 @@ def _save_checkpoint(path: Path, run: Run, step: int, scheduler, rng: dict[str, 
                     "scheduler": scheduler.state_dict(), **rng}, stream)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot resume this run (damaged, foreign, or another run's); the message says what to do."""
+
+
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint at ``path``, read on the CPU and mapped, if it was written by the run of ``fingerprint``."""
     fresh = f"delete it (rm {path}) to start afresh"
     try:
         state = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
-    except Exception as error:  # truncated, foreign or not a torch file: any failure to read it means the same
-        raise IdentityMismatch(f"{path}: not a readable checkpoint ({type(error).__name__}); {fresh}") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as error:  # truncated, not torch's
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:120]}); "
+                              f"{fresh}") from None
     if not isinstance(state, dict) or "fingerprint" not in state:
-        raise IdentityMismatch(f"{path}: not a checkpoint of this pipeline's training (no run fingerprint); {fresh}")
+        raise CheckpointError(f"{path}: not a checkpoint of this pipeline's training, or one written before run "
+                              f"fingerprints (no fingerprint); {fresh}")
     found = differences(state["fingerprint"], fingerprint)
     if found:
-        raise IdentityMismatch(f"{path} was written by another run (differs in {'; '.join(found[:3])}); resuming "
-                               f"would mix two runs: {fresh}, or rerun with the settings it was written with")
+        raise CheckpointError(f"{path} was written by another run (differs in {'; '.join(found[:3])}); resuming "
+                              f"would mix two runs: {fresh}, or rerun with the settings it was written with")
     return state
 
 
@@ -138,7 +145,7 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
             total: int | None = None) -> Run:
     """Load the base (on ``config.device``), tokenize the data, wrap the model for the method.
     ``total`` overrides the number of optimizer steps the schedules plan for (memory probes)."""
-    check_hyperparameters(method_name, config.hp)
+    config = replace(config, hp=check_hyperparameters(method_name, config.hp))  # typed, as recorded
     torch.manual_seed(config.seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     spec = method(method_name)
@@ -255,7 +262,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
         shutil.copyfile(work / "metrics.jsonl", out / "metrics.jsonl")
     if spec.kind == "full":
         tokenizer.save_pretrained(out)
-    summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(config),
+    summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(run.config),
                "model": str(model_dir), "data": str(train_file), "finished": True, "device": device(),
                "versions": package_versions(), "git_commit": git_commit()}
     write_json_atomic(summary, out / "train_summary.json")

@@ -142,7 +142,7 @@ def evaluate_args(setup, data, out, benchmark="gsm", *extra) -> list[str]:
     ("no answer", ":2: a gsm test row needs ['answer']"),
     ("no exemplar answer", ":1: a gsm shot row needs ['cot_answer']"),
     ("no group", ":2: expected a gsm row with a 'group'"),
-    ("binary", ":1: not UTF-8 JSONL text"),
+    ("binary", ":1: not UTF-8 text"),
     ("folder", "a folder, not a JSONL file"),
 ])
 def test_broken_evaluation_data_names_file_and_line(training_setup, tmp_path, capsys, damage, named):
@@ -250,4 +250,15 @@ def test_a_probe_that_fails_of_a_python_error_is_not_out_of_memory(training_setu
                      settings={"batch_size": 2, "micro_batch_size": 2, "max_length": 32}, hp={"lr": 1e-3, "rank": 2},
                      timeout_s=120)
     probe = run_probe(spec, 8000)
-    assert not probe.passed and probe.reason != "out of memory" and "training file does not exist" in probe.reason
+    assert not probe.passed and probe.reason != "out of memory" and "no such training file" in probe.reason
+
+
+def test_identity_samples_the_same_positions_on_every_device():
+    """Evenly spaced integer positions, exact beyond 2^24 elements (where float spacing rounds per kernel)."""
+    from spiel.identity import sample_positions
+
+    n = 32_000 * 4_096  # LLaMA-2-7b's embedding
+    picks = sample_positions(n)
+    assert picks.dtype == torch.int64 and len(picks) == 4096 and picks[0] == 0 and picks[-1] == n - 1
+    assert picks[1] == (n - 1) // 4095 and picks[2047] == 2047 * (n - 1) // 4095
+    assert sample_positions(10).tolist() == list(range(10))

@@ -11,6 +11,7 @@ from lm_eval.api.model import LM
 from spiel.evaluate.protocol import protocol
 from spiel.evaluate.run import run
 from spiel.evaluate.sources import DataError, gsm_from_jsonl, mmlu_from_csv
+from spiel.jsonl import JsonlError
 from spiel.provenance import write_jsonl
 
 
@@ -168,7 +169,7 @@ def test_unknown_protocol_key_names_the_key():
 def test_data_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "test.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "x #### 1"}) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"test\.jsonl:2: not valid JSON"):
+    with pytest.raises(JsonlError, match=r"test\.jsonl:2: not valid JSON"):
         gsm_from_jsonl(bad)
     (tmp_path / "mmlu" / "dev").mkdir(parents=True)
     (tmp_path / "mmlu" / "dev" / "anatomy_dev.csv").write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")

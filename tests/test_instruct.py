@@ -94,7 +94,7 @@ def test_paper_formats_and_a_malformed_line(tmp_path):
     tulu = tmp_path / "tulu.jsonl"
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
     tulu.write_text(json.dumps(good) + "\n" + '{"messages": [{"role": "user"\n')
-    with pytest.raises(TrainDataError, match=r"tulu\.jsonl:2: expected a JSON object"):
+    with pytest.raises(TrainDataError, match=r"tulu\.jsonl:2: not valid JSON"):
         rows_for("tulu", {"source": "file", "path": str(tulu)}, 0)
     assert main(["prepare-train", "--dataset", "tulu", "--source", "file", "--set", f"path={tulu}",
                  "--out", str(tmp_path / "out.jsonl")]) == 2

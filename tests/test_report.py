@@ -90,7 +90,8 @@ def test_fullift_cells_follow_the_papers_table1(tmp_path):
     assert {(c.size, c.dataset) for c in full} == {("7b", "flan"), ("7b", "alpaca"), ("7b", "tulu"), ("13b", "tulu")}
     for cell in full:
         cell.path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
-        cell.path(tmp_path).write_text(json.dumps({"value": 40.0 + len(cell.benchmark)}))
+        cell.path(tmp_path).write_text(json.dumps({"benchmark": cell.benchmark, "value": 40.0 + len(cell.benchmark),
+                                                   "stderr": 1.0}))
     frame, sources = build("table1", ["7b", "13b"], ["full"], tmp_path, blank)
     row13 = frame[frame["size"] == "13b"].iloc[0]
     assert pd.isna(row13["flan_mmlu"]) and pd.isna(row13["alpaca_humaneval"]) and row13["tulu_gsm"] == 43.0

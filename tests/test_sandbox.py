@@ -3,6 +3,7 @@
 Each escape is judged by its effect seen from outside the sandbox: the file on the host, the process left
 running, the connection a listener received, the evaluator alive, the secret in what comes back."""
 
+import json
 import os
 import socket
 import threading
@@ -84,21 +85,48 @@ def test_writes_outside_the_sandbox_do_not_reach_the_host(tmp_path):
         assert victim.read_text() == "keep me" and not (tmp_path / "planted").exists(), attack
 
 
+SECRET = "s3cr3t-7f1d"
+LEAK = ("import posix, sys\nfound = []\nfor p in posix.listdir('/proc'):\n    try:\n"
+        "        found.append(open(f'/proc/{p}/environ', 'rb').read())\n    except OSError:\n        pass\n"
+        f"sys.exit(0 if any(b'{SECRET}' in f for f in found) else 1)\n")
+"""Passes when some process's environment that the program can read holds the secret."""
+
+
+@pytest.fixture
+def holder_of_a_secret():
+    """A host process started with a secret in its environment (as the evaluator's would be, e.g. a token)."""
+    import subprocess
+
+    holder = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPIEL_SANDBOX_SECRET": SECRET})
+    yield holder
+    holder.kill()
+    holder.wait()
+
+
+def test_the_leak_probe_finds_the_secret_without_isolation(no_isolation, holder_of_a_secret):
+    assert run_program(LEAK, timeout=5, unsafe=True).passed  # what the isolated run below must not manage
+
+
 @isolated
-def test_the_evaluator_cannot_be_killed_or_read():
-    os.environ["SPIEL_SANDBOX_SECRET"] = secret = "s3cr3t-7f1d"
-    try:
-        pid = os.getpid()
-        kill = f"import posix\nfor p in ({pid}, posix.getppid(), 1):\n    try:\n        posix.kill(p, 9)\n" \
-               "    except OSError:\n        pass\n"
-        run_program(kill, timeout=5)
-        leak = ("import posix, sys\nfound = []\nfor p in posix.listdir('/proc'):\n    try:\n"
-                "        found.append(open(f'/proc/{p}/environ', 'rb').read())\n    except OSError:\n        pass\n"
-                f"sys.exit(0 if any(b'{secret}' in f for f in found) else 1)\n")
-        outcome = run_program(leak, timeout=5)
-        assert not outcome.passed and secret not in outcome.detail  # the evaluator is alive to check this
-    finally:
-        del os.environ["SPIEL_SANDBOX_SECRET"]
+def test_the_evaluator_cannot_be_killed_or_read(holder_of_a_secret):
+    pid = os.getpid()
+    kill = f"import posix\nfor p in ({pid}, {holder_of_a_secret.pid}, posix.getppid(), 1):\n    try:\n" \
+           "        posix.kill(p, 9)\n    except OSError:\n        pass\n"
+    run_program(kill, timeout=5)
+    assert holder_of_a_secret.poll() is None  # the evaluator (this test) and the other process live
+    outcome = run_program(LEAK, timeout=5)
+    assert not outcome.passed and SECRET not in outcome.detail
+
+
+def test_without_isolation_the_evaluation_refuses_before_loading_a_model(no_isolation, tmp_path, capsys):
+    from spiel.cli import main
+
+    data = tmp_path / "humaneval.jsonl"
+    data.write_text(json.dumps({"split": "test", "group": "humaneval", "task_id": "t/0", "entry_point": "add",
+                                **{k: PROBLEM[k] for k in ("prompt", "test")}}) + "\n")
+    argv = ["evaluate", "--model", str(tmp_path / "no-model-needed"), "--benchmark", "humaneval", "--data",
+            str(data), "--out", str(tmp_path / "out.json")]
+    assert main(argv) == 2 and "--confirm-run-unsafe-code" in capsys.readouterr().err
 
 
 def _sandbox_processes(tag: str) -> list[str]:

@@ -33,7 +33,7 @@ def test_only_assistant_tokens_are_labelled():
 def test_bad_training_file_names_the_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": [{"role": "bot"}]}) + "\n")
-    with pytest.raises(data.TrainDataError, match=r"train\.jsonl:2: every message needs a role"):
+    with pytest.raises(data.TrainDataError, match=r"train\.jsonl:2: expected a JSON object with a 'messages' list"):
         list(data.read_conversations(path))
 
 

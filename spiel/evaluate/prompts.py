@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import read_jsonl
 from .metrics import bbh_extract, bbh_match, gsm_extract, gsm_match, max_f1, pass_at_k
 from .protocol import Protocol
 from .sandbox import humaneval_program, run_program
-from .sources import DataError, read_jsonl
+from .sources import DataError
 
 Row = dict[str, Any]
 Truncate = Callable[[str, int], str]

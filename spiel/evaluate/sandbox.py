@@ -69,22 +69,33 @@ def _interpreter() -> tuple[str, str]:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable)), os.path.realpath(sys.base_prefix)
 
 
-def _bwrap_argv(bwrap: str, program: str) -> list[str]:
-    """The bubblewrap command line that runs ``program`` (a host path) with the base interpreter."""
-    python, prefix = _interpreter()
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
-            "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-            "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr"]
+TMPFS_BYTES = 64 << 20
+"""Size of the sandbox's writable /tmp (files are also capped at 1 MiB each by RLIMIT_FSIZE)."""
+
+
+def _bwrap_argv(bwrap: str, command: list[str], program: str | None = None) -> list[str]:
+    """The bubblewrap command line that runs ``command`` inside, with ``program`` (a host file) at
+    /sandbox/program.py."""
+    _, prefix = _interpreter()
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534",
+            "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH",
+            "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--ro-bind", "/usr", "/usr",
+            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    if not prefix.startswith("/usr/"):
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", program, "/sandbox/program.py",
-             "--chdir", "/tmp", "--", python, "-I", "-B", "/sandbox/program.py"]
-    return argv
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    if program is not None:
+        argv += ["--ro-bind", program, "/sandbox/program.py"]
+    return [*argv, "--remount-ro", "/", "--chdir", "/tmp", "--", *command]
+
+
+def _python_argv(bwrap: str, program: str) -> list[str]:
+    return _bwrap_argv(bwrap, [_interpreter()[0], "-I", "-B", "/sandbox/program.py"], program)
 
 
 @functools.cache
@@ -97,13 +108,15 @@ def isolation_problem() -> str | None:
         path = os.path.join(workdir, "program.py")
         with open(path, "w") as handle:
             handle.write("import sys\nsys.exit(0 if open('/tmp/w', 'w').write('ok') == 2 else 1)\n")
-        try:
-            done = subprocess.run(_bwrap_argv(bwrap, path), capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"bubblewrap could not be started: {error}"
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"bubblewrap cannot create its namespaces here ({reason[-1] if reason else done.returncode})"
+        for argv, failure in ((_bwrap_argv(bwrap, ["/usr/bin/true"]), "bubblewrap cannot create its namespaces here"),
+                              (_python_argv(bwrap, path), f"{_interpreter()[0]} does not start inside bubblewrap")):
+            try:
+                done = subprocess.run(argv, capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                return f"bubblewrap could not be started: {error}"
+            if done.returncode != 0:
+                reason = done.stderr.decode(errors="replace").strip().splitlines()
+                return f"{failure} ({reason[-1] if reason else f'exit status {done.returncode}'})"
     return None
 
 
@@ -118,6 +131,10 @@ def require_isolation(unsafe: bool = False) -> bool:
     raise SandboxUnavailable(f"HumanEval runs generated code and will not do so unisolated: {problem}; {INSTALL_HINT}")
 
 
+NPROC = 512
+"""Processes of the evaluating user while a program runs (not root): a fork bomb stops there."""
+
+
 def _limits(cpu_seconds: int, memory_bytes: int) -> None:
     """Runs in the child before exec: resource limits, inherited by everything inside the sandbox."""
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
@@ -125,6 +142,8 @@ def _limits(cpu_seconds: int, memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.getuid() != 0:  # processes per user (the kernel does not apply it to root)
+        resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
 
 
 def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024, unsafe: bool = False) -> Outcome:
@@ -136,7 +155,7 @@ def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024, unsa
         path = os.path.join(workdir, "program.py")
         with open(path, "w") as handle:
             handle.write(_GUARD + "\n" + program + "\n")
-        argv = _bwrap_argv(shutil.which("bwrap"), path) if isolated else [sys.executable, "-I", "-B", path]
+        argv = _python_argv(shutil.which("bwrap"), path) if isolated else [sys.executable, "-I", "-B", path]
         with open(os.path.join(workdir, "stderr"), "w+b") as err:  # a file: RLIMIT_FSIZE bounds what is kept
             proc = subprocess.Popen(
                 argv, cwd=workdir, env={"PATH": "/usr/bin:/bin", "HOME": workdir}, stdin=subprocess.DEVNULL,

