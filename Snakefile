@@ -42,10 +42,4 @@ include: "workflow/rules/audit.smk"
 
 rule all:
     input:
-        "results/table1.csv",
-        "results/table2.csv",
-        "results/figure2.png",
-        ["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else [],
-        ["results/table4.csv", "results/figure4.png"] if GRID else [],
-        ["results/table3.csv"] if config.get("memory", {}).get("methods", []) else [],
-        "results/audit.md",
+        **final_outputs(),

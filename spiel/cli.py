@@ -135,7 +135,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     from .methods import check_hyperparameters
     from .options import build
     from .provenance import write_json_atomic
-    from .train import TrainConfig
+    from .settings import TrainConfig
 
     check_model_folder(args.model)
     check_file(Path(args.data))

@@ -123,7 +123,7 @@ class ProbeSpec:
     """Run only the first ``run_steps`` of those steps (the short probes of a search; None: all)."""
     device: str = "cpu"
     settings: dict[str, Any] = field(default_factory=dict)
-    """Training settings (spiel.train.TrainConfig fields)."""
+    """Training settings (spiel.settings.TrainConfig fields)."""
     hp: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 1800.0
     threads: int = 1

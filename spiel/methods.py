@@ -8,15 +8,17 @@ Baselines come from ``peft`` (LoRA, qLoRA, (IA)3); 4-bit bases from ``transforme
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from .master_weights import MasterWeights, master_adamw
 from .options import OptionError, checked, field_types
-from .tuner import Reselector, SpielConfig, get_spiel_model, make_optimizer
-from .tuner.config import LLAMA_TARGETS
+from .tuner.config import LLAMA_TARGETS, SpielConfig
+
+if TYPE_CHECKING:  # the registry and the checks load no torch (the workflow reads them); wrapping does
+    import torch
+    from torch import nn
+
+    from .master_weights import MasterWeights
+    from .tuner import Reselector
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,11 @@ def spiel_config(spec: Method, hp: dict[str, Any], seed: int) -> SpielConfig:
 def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int, seed: int = 0) -> Trainable:
     """Wrap ``model`` for method ``name`` with hyperparameters ``hp`` (lr, rank, weight_decay, S, …; checked by
     :func:`check_hyperparameters`); ``seed`` draws SpIEL's initial indices."""
+    import torch
+
+    from .master_weights import master_adamw
+    from .tuner import Reselector, get_spiel_model, make_optimizer
+
     spec = method(name)
     if spec.kind == "none":
         raise ValueError(f"{name} is not trained")

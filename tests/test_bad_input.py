@@ -206,7 +206,7 @@ def test_training_data_that_is_not_a_file_of_text(training_setup, tmp_path, caps
 
 def _eval_tree(root, value=40.0, benchmark=None) -> None:
     """Table 2's evaluation files for one size (s) and LoRA; the Flan MMLU one with ``value`` / ``benchmark``."""
-    from spiel.report.tables import cells
+    from spiel.report.cells import cells
 
     for cell in cells("table2", ["s"], ["lora"]):
         path = cell.path(root)

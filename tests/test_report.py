@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import tiny_llama
 
+from spiel.report.cells import cells, column_name
 from spiel.report.figures import figure2, index_ages
-from spiel.report.tables import cells, column_name, markdown
+from spiel.report.tables import markdown
 from spiel.tuner import SpielConfig, get_spiel_model
 
 

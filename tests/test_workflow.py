@@ -293,3 +293,24 @@ def test_a_config_the_jobs_would_refuse_stops_before_any_job(tmp_path, change, n
     (folder / "bad.yaml").write_text(yaml.safe_dump(config))
     done = _snakemake(folder, "-n", "results/table1.csv", "--configfile", "bad.yaml")
     assert done.returncode != 0 and named in done.stdout + done.stderr, done.stdout[-1500:] + done.stderr[-1500:]
+
+
+def _planned(done) -> dict[str, int]:
+    """Rule → job count of a dry run's job table."""
+    rows = [line.split() for line in done.stdout.splitlines()]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit() and row[0] != "total"}
+
+
+def test_a_changed_evaluation_reruns_exactly_what_reads_it(micro, tmp_path):
+    """Every file the report jobs read is a declared input: touching one Table 1 evaluation plans that table and
+    the audit (which reads the evaluation's standard error), and nothing else."""
+    import os
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(micro, folder, symlinks=True)
+    evaluation = next((folder / "results" / "eval").glob("*/flan/lora/mmlu.json"))
+    os.utime(evaluation)
+    done = _snakemake(folder, "-n", "--configfile", ".test/config.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _planned(done) == {"table": 1, "audit": 1, "all": 1}, done.stdout[-3000:]

@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .delta import GRAD_MODES
-
 GROWTH = ("ag", "ma")
 SCHEDULES = ("linear", "cosine")
+GRAD_MODES = ("dense", "sampled")
+"""How ∂L/∂φ is computed: gathered from the dense ∂L/∂W (Eq. 6) or only at the active entries (App. E)."""
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG_NAME = "adapter_config.json"
 

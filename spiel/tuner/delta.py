@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-GRAD_MODES = ("dense", "sampled")
+from .config import GRAD_MODES
 
 BaseWeight = Callable[[torch.dtype], Tensor]
 """Returns a *fresh* dense copy of the frozen base weight in the given dtype (dequantized if 4-bit)."""

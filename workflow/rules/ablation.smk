@@ -1,7 +1,6 @@
 """Table 5 (App. C): SpIEL-AG on Flan v2 with the linear or cosine drop/grow schedule × update interval S,
 scored on MMLU and TyDiQA. The training and evaluation rules are reused with ablation paths and overrides."""
 
-ABLATION = config.get("ablation", {})
 ABLATION_ADAPTER = "results/ablation/{size}/{schedule}-S{interval}/adapter"
 ABLATION_EVAL = "results/ablation/{size}/{schedule}-S{interval}/{benchmark}.json"
 
@@ -50,8 +49,8 @@ use rule evaluate_flan as evaluate_ablation with:
 
 rule table5:
     input:
-        expand(ABLATION_EVAL, size=ABLATION.get("size", SIZES[0]),
-               schedule=ABLATION.get("schedules", []), interval=ABLATION.get("update_intervals", []),
+        expand(ABLATION_EVAL, size=ABLATION_SIZE, schedule=ABLATION["schedules"],
+               interval=ABLATION["update_intervals"],
                benchmark=["mmlu", "tydiqa"]),
     output:
         csv=report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
@@ -60,9 +59,9 @@ rule table5:
     log:
         "logs/report/table5.log",
     params:
-        root=lambda w: f"results/ablation/{ABLATION.get('size', SIZES[0])}",
-        schedules=" ".join(ABLATION.get("schedules", [])),
-        intervals=" ".join(str(i) for i in ABLATION.get("update_intervals", [])),
+        root=lambda w: f"results/ablation/{ABLATION_SIZE}",
+        schedules=" ".join(ABLATION["schedules"]),
+        intervals=" ".join(str(i) for i in ABLATION["update_intervals"]),
     threads: 1
     resources:
         mem_mb=1000,

@@ -1,18 +1,8 @@
 """The replication audit: every table beside the paper's, the paper's claims checked, provenance of the run."""
 
-AUDIT_TABLES = [
-    "results/table1.csv",
-    "results/table2.csv",
-    *(["results/table3.csv"] if MEMORY.get("methods") else []),
-    *(["results/table4.csv"] if GRID else []),
-    *(["results/table5.csv"] if config.get("ablation", {}).get("update_intervals") else []),
-    "results/figure2.csv",
-]
-
-
 rule audit:
     input:
-        AUDIT_TABLES,
+        **audit_inputs(),
         paper=expand("config/paper_results/table{n}.csv", n=range(1, 6)),
     output:
         csv=report("results/audit.csv", caption="../report/audit.rst", category="Audit"),
@@ -21,7 +11,7 @@ rule audit:
     log:
         "logs/report/audit.log",
     params:
-        sizes=" ".join(f"{ours}={paper}" for ours, paper in config.get("audit", {}).get("sizes", {}).items()),
+        sizes=" ".join(f"{ours}={paper}" for ours, paper in config["audit"]["sizes"].items()),
         config=shlex.quote(json.dumps(config, default=str)),
     threads: 1
     resources:

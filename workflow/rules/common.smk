@@ -1,4 +1,8 @@
-"""Helpers only: paths, the cells that the tables need, the search points, and the settings each job receives."""
+"""Helpers only: paths, the cells that the tables need, the search points, and the settings each job receives.
+
+The config is read after validation, when the schema has filled in every default: keys are indexed, and a
+``.get`` is left only for keys the schema leaves optional (a default computed from other keys is given once, here).
+"""
 
 import json
 import shlex
@@ -7,12 +11,12 @@ from snakemake.exceptions import WorkflowError
 
 from spiel.methods import check_hyperparameters, method
 from spiel.options import build
-from spiel.report.tables import BASE, COMPOSED, cells
+from spiel.report.cells import BASE, COMPOSED, cells
 from spiel.search import points, searched_as
 
 SIZES = list(config["models"])
 BENCHMARKS = ["mmlu", "gsm", "bbh", "tydiqa", "humaneval"]
-CACHE = config.get("cache", "resources/archives")
+CACHE = config["cache"]
 ENV = "../../envs/spiel.yaml"
 
 MODEL = "resources/models/{size}"
@@ -20,14 +24,17 @@ EVAL_DATA = "results/data/eval/{benchmark}.jsonl"
 TRAIN_DATA = "results/data/train/{dataset}.jsonl"
 ADAPTER = "results/adapters/{size}/{dataset}/{method}"
 EVAL = "results/eval/{size}/{dataset}/{method}/{benchmark}.json"
-SEARCH = config.get("search", {})
-GRID = SEARCH.get("grid", {})
-SEARCH_SIZES = SEARCH.get("sizes", SIZES)
+SEARCH = config["search"]
+GRID = SEARCH["grid"]
+SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
 SELECTED = "results/search/{size}/{method}/selected.json"
 SEARCH_ADAPTER = "results/search/{size}/{method}/{point}/adapter"
 SEARCH_EVAL = "results/search/{size}/{method}/{point}/mmlu.json"
 STAGE1 = "results/search/{size}/{method}/stage1.json"
-MEMORY = config.get("memory", {})
+MEMORY = config["memory"]
+MEMORY_SIZES = MEMORY.get("sizes", SIZES)  # default: every size
+ABLATION = config["ablation"]
+ABLATION_SIZE = ABLATION.get("size", SIZES[0])  # default: the first size
 MEMORY_RESULT = "results/memory/{size}/{method}/checkpointing-{checkpointing}.json"
 SEARCH_CONSTRAINTS = {"method": "|".join(GRID) or "none", "point": "(lr|wd)[0-9.e+-]+(-r[0-9]+)?"}
 
@@ -49,7 +56,7 @@ def training_settings(wildcards):
     """The one training loop's settings (App. B), the same for every training job of a size (a size may set its
     own checkpoint interval)."""
     per_size = {k: v for k, v in config["models"][wildcards.size].items() if k == "checkpoint_every"}
-    return key_values({**config.get("training", {}), **per_size, "seed": config["seed"], "dtype": config["dtype"]})
+    return key_values({**config["training"], **per_size, "seed": config["seed"], "dtype": config["dtype"]})
 
 
 def size_resource(key, default, per_attempt=False):
@@ -78,10 +85,15 @@ def job_resources(runtime_key, default_runtime, resumes=False):
     return resources
 
 
+def memory_hp(size, name):
+    """A memory probe's hyperparameters: the method's at ``memory.rank``, with the memory section's overrides."""
+    return method_hp(size, name, rank=MEMORY["rank"], **MEMORY["hyperparameters"].get(name, {}))
+
+
 def method_hp(size, name, **overrides):
     """A method's hyperparameters: top-level values, overridden by models.<size>.hyperparameters, then by
     ``overrides`` (grid points, ablations)."""
-    base = config.get("hyperparameters", {}).get(name, {})
+    base = config["hyperparameters"].get(name, {})
     per_size = config["models"][size].get("hyperparameters", {}).get(name, {})
     return {**base, **per_size, **overrides}
 
@@ -95,20 +107,17 @@ def hyperparameters(wildcards, name=None, **overrides):
 def check_config():
     """What the schema cannot say, with the checks the jobs apply (one line naming the key): the training loop's
     settings fit together (a batch of whole micro-batches) and every method's hyperparameters are ones it takes."""
-    from spiel.train import TrainConfig
+    from spiel.settings import TrainConfig
 
-    for where, settings in (("training", config.get("training", {})),
-                            ("memory.training", {**config.get("training", {}), **MEMORY.get("training", {})})):
+    for where, settings in (("training", config["training"]),
+                            ("memory.training", {**config["training"], **MEMORY["training"]})):
         build(TrainConfig, settings, where)
     for size in SIZES:
-        for name in {**config.get("hyperparameters", {}), **config["models"][size].get("hyperparameters", {})}:
+        for name in {**config["hyperparameters"], **config["models"][size].get("hyperparameters", {})}:
             check_hyperparameters(name, method_hp(size, name), f"hyperparameters.{name} (size {size})")
-        for name in MEMORY.get("methods", []):
-            if not method_hp(size, name):
-                continue  # no learning rate configured: its memory job says so if Table 3 is asked for
-            check_hyperparameters(name, method_hp(size, name, rank=MEMORY.get("rank", 64),
-                                                  **MEMORY.get("hyperparameters", {}).get(name, {})),
-                                  f"memory.hyperparameters.{name} (size {size})")
+        for name in MEMORY["methods"]:
+            if method_hp(size, name):  # none configured: its memory job says so if Table 3 is asked for
+                check_hyperparameters(name, memory_hp(size, name), f"memory.hyperparameters.{name} (size {size})")
 
 
 try:
@@ -121,14 +130,14 @@ def selection(wildcards, name=None):
     """The search selection that a training cell of method ``name`` (default the wildcard's) trains with:
     only when ``search.enabled`` and the search covers its method (or full-precision counterpart) and size."""
     name = searched_as(name or wildcards.method)
-    if SEARCH.get("enabled") and name in GRID and wildcards.size in SEARCH_SIZES:
+    if SEARCH["enabled"] and name in GRID and wildcards.size in SEARCH_SIZES:
         return SELECTED.format(size=wildcards.size, method=name)
     return []
 
 
 def memory_settings(wildcards):
     """The training settings of a probe: the run's, the memory section's overrides, checkpointing on/off."""
-    settings = {**config.get("training", {}), **MEMORY.get("training", {}), "seed": config["seed"],
+    settings = {**config["training"], **MEMORY["training"], "seed": config["seed"],
                 "dtype": config["dtype"], "gradient_checkpointing": wildcards.checkpointing == "on"}
     return key_values(settings)
 
@@ -162,5 +171,30 @@ FULLIFT_RELEASED = {f"{size}/{dataset}": spec.get("citation", spec.get("id", spe
 
 def table_inputs(table):
     """The evaluation files behind every cell of ``table``."""
-    methods = config.get("tables", {}).get(table)
+    methods = config["tables"][table]
     return [str(cell.path()) for cell in cells(table, SIZES, methods, FULLIFT_BLANK)]
+
+
+def final_outputs():
+    """The final targets (``all``): every table and figure the config asks for, and the audit."""
+    tables = ["results/table1.csv", "results/table2.csv", *(["results/table3.csv"] if MEMORY["methods"] else []),
+              *(["results/table4.csv"] if GRID else []),
+              *(["results/table5.csv"] if ABLATION["update_intervals"] else [])]
+    figures = ["results/figure2.png", *(["results/figure4.png"] if GRID else [])]
+    return {"tables": tables, "figures": figures, "audit": "results/audit.md"}
+
+
+def audit_inputs():
+    """Every file the audit reads: the tables with their source records, the evaluations behind Tables 1 and 2
+    (their standard errors), the search selections (Table 4's ranks), Figure 2's data and the memory results."""
+    tables = final_outputs()["tables"]
+    records = [table.replace(".csv", ".json") for table in tables]
+    selections = [SELECTED.format(size=s, method=m) for s in SEARCH_SIZES for m in GRID]
+    return {"tables": tables, "records": records, "evaluations": table_inputs("table1") + table_inputs("table2"),
+            "selections": selections, "figure2": "results/figure2.csv", "memory": memory_results()}
+
+
+def memory_results():
+    """Table 3's memory search results: size × method × activation checkpointing off/on."""
+    return expand(MEMORY_RESULT, size=MEMORY_SIZES, method=MEMORY["methods"],
+                  checkpointing=["on" if flag else "off" for flag in MEMORY["checkpointing"]])

@@ -62,7 +62,7 @@ rule prepare_train:
     log:
         "logs/prepare_train/{dataset}.log",
     params:
-        source=lambda w: config["train_data"][w.dataset].get("source", "standin"),
+        source=lambda w: config["train_data"][w.dataset]["source"],
         options=lambda w: key_values({k: v for k, v in config["train_data"][w.dataset].items() if k != "source"}),
         seed=config["seed"],
     threads: 1

@@ -33,7 +33,7 @@ def adapters(wildcards):
 
 def evaluate_flags(wildcards, benchmarks, name=None):
     """dtype, seed, NF4 loading and the config's protocol overrides as ``BENCHMARK.KEY=VALUE``."""
-    overrides = {f"{b}.{k}": v for b in benchmarks for k, v in config.get("protocol", {}).get(b, {}).items()}
+    overrides = {f"{b}.{k}": v for b in benchmarks for k, v in config["protocol"].get(b, {}).items()}
     flags = f"--dtype {config['dtype']} --set seed={config['seed']} {key_values(overrides)}"
     return flags + (" --load-in-4bit" if method(name or wildcards.method).quantized else "")
 
@@ -58,7 +58,7 @@ for suffix, (datasets, benchmarks) in EVALUATIONS.items():
         params:
             benchmarks=" ".join(benchmarks),
             flags=lambda w, benchmarks=benchmarks: evaluate_flags(w, benchmarks),
-        threads: config.get("threads", 1)
+        threads: config["threads"]
         resources:
             **job_resources("eval_runtime", 240),
         conda:

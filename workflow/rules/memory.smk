@@ -12,16 +12,15 @@ rule memory:
     benchmark:
         "benchmarks/memory/{size}/{method}/checkpointing-{checkpointing}.tsv"
     wildcard_constraints:
-        method="|".join(MEMORY.get("methods", [])) or "none",
+        method="|".join(MEMORY["methods"]) or "none",
         checkpointing="on|off",
     params:
         settings=memory_settings,
-        hp=lambda w: hyperparameters(w, rank=MEMORY.get("rank", 64),
-                                     **MEMORY.get("hyperparameters", {}).get(w.method, {})),
-        search=" ".join(f"--{key.replace('_', '-')} {MEMORY.get(key, default)}" for key, default in
-                        (("low_mb", 0), ("high_mb", 81920), ("step_mb", 1024), ("timeout_s", 3600), ("steps", 30),
-                         ("search_steps", MEMORY.get("steps", 30)), ("device", "auto"))),
-    threads: config.get("threads", 1)
+        hp=lambda w: key_values(memory_hp(w.size, w.method)),
+        search=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in
+                        {**{k: MEMORY[k] for k in ("low_mb", "high_mb", "step_mb", "timeout_s", "steps", "device")},
+                         "search_steps": MEMORY.get("search_steps", MEMORY["steps"])}.items()),
+    threads: config["threads"]
     resources:
         **job_resources("memory_runtime", 600),
         memory_probe=1,
@@ -35,8 +34,7 @@ rule memory:
 
 rule table3:
     input:
-        expand(MEMORY_RESULT, size=MEMORY.get("sizes", SIZES), method=MEMORY.get("methods", []),
-               checkpointing=["on" if flag else "off" for flag in MEMORY.get("checkpointing", [False, True])]),
+        memory_results(),
     output:
         csv=report("results/table3.csv", caption="../report/table3.rst", category="Tables"),
         md="results/table3.md",

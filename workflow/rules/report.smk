@@ -15,7 +15,7 @@ rule table:
         table="table1|table2",
     params:
         sizes=" ".join(SIZES),
-        methods=lambda w: " ".join(config.get("tables", {}).get(w.table)),
+        methods=lambda w: " ".join(config["tables"][w.table]),
         fullift=" ".join(["--fullift-blank", *FULLIFT_BLANK, "--fullift-released",
                           *(shlex.quote(f"{k}={v}") for k, v in FULLIFT_RELEASED.items())]),
     threads: 1

@@ -42,7 +42,7 @@ use rule evaluate_flan as evaluate_search with:
     params:
         benchmarks="mmlu",
         flags=lambda w: evaluate_flags(w, ["mmlu"]) + " "
-        + key_values({f"mmlu.{k}": v for k, v in SEARCH.get("protocol", {"split": "dev"}).items()}),
+        + key_values({f"mmlu.{k}": v for k, v in SEARCH["protocol"].items()}),
 
 
 rule select_stage1:

@@ -18,7 +18,7 @@ rule train:
         settings=training_settings,
         hp=lambda w: hyperparameters(w),  # wildcards only: a bare function would also get resources, threads
         method=lambda w: w.method,
-    threads: config.get("threads", 1)
+    threads: config["threads"]
     resources:
         **job_resources("train_runtime", 240, resumes=True),
     conda:

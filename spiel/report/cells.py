@@ -1,0 +1,57 @@
+"""The cells of Tables 1 and 2: which (size, method, dataset, benchmark) each table has and where its evaluation
+file lies. Light to import (no pandas, no torch): the workflow plans its jobs from it."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..methods import method
+
+BASE = "base"
+COMPOSED = "tulu+alpaca"
+DATASET_LABELS = {"flan": "Flan v2", "alpaca": "GPT4-Alpaca", "tulu": "Tülu v2", COMPOSED: "Tülu v2 + GPT4-Alpaca"}
+BENCHMARK_LABELS = {"mmlu": "MMLU", "gsm": "GSM", "bbh": "BBH", "tydiqa": "TyDiQA", "humaneval": "HumanEval"}
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "table1": [("flan", "mmlu"), ("flan", "tydiqa"), ("alpaca", "humaneval"), ("tulu", "mmlu"), ("tulu", "gsm"),
+               ("tulu", "bbh"), ("tulu", "tydiqa"), ("tulu", "humaneval"), (COMPOSED, "humaneval")],
+    "table2": [("flan", "mmlu"), ("flan", "tydiqa"), ("alpaca", "humaneval")],
+}
+
+
+def column_name(dataset: str, benchmark: str) -> str:
+    """The paper CSV's column name, e.g. ``tulu_plus_alpaca_humaneval``."""
+    return f"{dataset.replace('+', '_plus_')}_{benchmark}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    size: str
+    method: str
+    dataset: str
+    benchmark: str
+
+    @property
+    def evaluated_on(self) -> str:
+        """The evaluation's dataset folder: ``base`` for untuned models."""
+        return BASE if method(self.method).kind == "none" else self.dataset
+
+    def path(self, root: str | Path = "results/eval") -> Path:
+        return Path(root) / self.size / self.evaluated_on / self.method / f"{self.benchmark}.json"
+
+
+def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collection[str] = ()) -> list[Cell]:
+    """Every filled cell of ``table``: untuned and FullIFT rows have no composed column, and FullIFT has none for
+    the ``SIZE/DATASET`` pairs of ``blank_full`` (paper Table 1: no 13b FullIFT on Flan v2 or GPT4-Alpaca)."""
+    out = []
+    for size in sizes:
+        for name in methods:
+            kind = method(name).kind
+            for dataset, benchmark in COLUMNS[table]:
+                if dataset == COMPOSED and kind in ("none", "full"):
+                    continue
+                if kind == "full" and f"{size}/{dataset}" in blank_full:
+                    continue
+                out.append(Cell(size, name, dataset, benchmark))
+    return out
