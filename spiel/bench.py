@@ -1,9 +1,11 @@
-"""Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG, SpIEL-MA; ∂L/∂φ dense vs sampled.
+"""Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG, SpIEL-MA and the floor; ∂L/∂φ dense vs sampled.
 
-``python -m spiel.bench`` trains a small random-initialised Llama (the training loop stripped for
-timing), every method at the same LoRA-rank-equivalent budget and each in its own process, then
-times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). It prints a table and ends with ratio lines
-measured in this one run. Numbers are machine-dependent; quote medians and ratios.
+``python -m spiel.bench`` trains a small random-initialised Llama with the code users train with
+(``spiel.methods.wrap``, ``spiel.train.target_loss``), every method at the same LoRA-rank-equivalent budget and
+each in its own process, then times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the
+frozen model's forward and its backward to the inputs with no parameter gradient: the least any fine-tuning
+method costs per step. It prints a table and ends with ratio lines (to LoRA and to the floor) measured in this
+one run. Numbers are machine-dependent; quote medians and ratios.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 
 from .memory import peak_memory_mb, resident_peak_kb, synchronize
 
-METHODS = ("full", "lora", "spiel-ag", "spiel-ma")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METHODS = ("floor", "full", "lora", "spiel-ag", "spiel-ma")
+LEARNING_RATES = {"full": 2e-5, "lora": 1e-4, "spiel-ag": 1e-4, "spiel-ma": 1e-3}
 
 
 def build_model(args: argparse.Namespace):
@@ -34,35 +36,42 @@ def build_model(args: argparse.Namespace):
     return LlamaForCausalLM(config).to(args.device, dtype=getattr(torch, args.dtype))
 
 
-def prepare(method: str, model, args: argparse.Namespace):
-    """(model, optimizer, Reselector or None) for one method."""
-    from spiel import Reselector, SpielConfig, get_spiel_model, make_optimizer
+def hyperparameters(method: str, args: argparse.Namespace) -> dict:
+    """What ``spiel.methods.wrap`` gets for ``method``: a learning rate, and the run's budget and ∂L/∂φ mode."""
+    hp = {"lr": LEARNING_RATES[method]}
+    if method != "full":
+        hp["rank"] = args.rank
+    if method.startswith("spiel"):
+        hp["grad_mode"] = args.grad_mode
+    return hp
 
-    if method == "full":
-        return model, torch.optim.AdamW(model.parameters(), lr=2e-5), None
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=args.rank, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS)
-        peft_model = get_peft_model(model, config)
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        return peft_model, torch.optim.AdamW(params, lr=1e-4), None
-    growth = method.split("-")[1]
-    config = SpielConfig(lora_rank=args.rank, growth=growth, grad_mode=args.grad_mode)
-    spiel_model = get_spiel_model(model, config)
-    optimizer = make_optimizer(spiel_model, lr=1e-4 if growth == "ag" else 1e-3)
-    selector = Reselector(spiel_model, optimizer, total_steps=args.steps)
-    return spiel_model, optimizer, selector
+def floor_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of the frozen model with the input embeddings as the only leaf that needs a gradient."""
+    from .train import target_loss
+
+    embeddings = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    return target_loss(model, batch, embeddings)
 
 
 def run_method(method: str, args: argparse.Namespace) -> dict:
     """Train ``args.steps`` steps; per-step wall time and the time spent in drop-and-grow."""
+    from .methods import wrap
+    from .train import target_loss
+
     torch.set_num_threads(args.threads)
     model = build_model(args)
-    model, optimizer, selector = prepare(method, model, args)
+    if method == "floor":
+        model.requires_grad_(False)
+        trainable, loss_of = None, floor_loss
+    else:
+        trainable = wrap(method, model, hyperparameters(method, args), total_steps=args.steps)
+        model, loss_of = trainable.model, target_loss
     model.train()
     g = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g).to(args.device)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g).to(args.device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    selector = trainable.reselector if trainable is not None else None
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -71,10 +80,10 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     phase_steps = set()
     for step in range(args.steps):
         start = time.perf_counter()
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = loss_of(model, batch) / ids.numel()
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if trainable is not None:
+            trainable.update()
         in_phase = selector is not None and bool(selector.estimators)
         selected = time.perf_counter()
         if selector is not None:
@@ -183,12 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     for row in grads:
         print(f"{row['density']:8.3%} {row['dense_ms']:10.3f} {row['sampled_ms']:11.3f} "
               f"{row['sampled_ms'] / row['dense_ms']:14.3f}")
-    lora = results["lora"]
     print()
     for method in ("spiel-ag", "spiel-ma"):
-        r = results[method]
-        print(f"ratio {method}/lora step_time={_ratio(r['median_step_s'], lora['median_step_s']):.3f} "
-              f"peak_mem={_ratio(r['peak_mem_mb'], lora['peak_mem_mb']):.3f}")
+        for base in ("lora", "floor"):
+            r, b = results[method], results[base]
+            print(f"ratio {method}/{base} step_time={_ratio(r['median_step_s'], b['median_step_s']):.3f} "
+                  f"peak_mem={_ratio(r['peak_mem_mb'], b['peak_mem_mb']):.3f}")
+    for method in ("full", "lora"):
+        r, b = results[method], results["floor"]
+        print(f"ratio {method}/floor step_time={_ratio(r['median_step_s'], b['median_step_s']):.3f}")
     at_1 = next(row for row in grads if row["density"] == 0.01)
     print(f"ratio sampled/dense grad_phi@1%={at_1['sampled_ms'] / at_1['dense_ms']:.3f}")
 

@@ -63,14 +63,18 @@ class Trainable:
     """fp32 copies of bf16 trainable parameters, which the optimizer updates (FullIFT, qLoRA)."""
 
     def step(self) -> None:
-        """Apply the accumulated gradients: optimizer step (on the fp32 masters, if any, rounded back into the
-        parameters), then drop-and-grow."""
+        """Apply the accumulated gradients (:meth:`update`), then drop-and-grow."""
+        self.update()
+        if self.reselector is not None:
+            self.reselector.step()
+
+    def update(self) -> None:
+        """Optimizer step on the accumulated gradients (on the fp32 masters, if any, rounded back into the
+        parameters)."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.masters is not None:
             self.masters.after_step()
-        if self.reselector is not None:
-            self.reselector.step()
 
     def abandon_step(self) -> None:
         """Drop the gradients of an optimizer step that will not be completed, and what drop-and-grow gathered

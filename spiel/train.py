@@ -135,7 +135,8 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
     return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total, base, fingerprint)
 
 
-def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy summed over the batch's target tokens (labels ≠ IGNORE, shifted by one).
 
     The output layer is applied to the target positions only: the loss and its gradient equal those of the full
@@ -144,7 +145,8 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     of the forward FLOPs). Works for any causal LM with ``get_decoder``/``get_output_embeddings`` whose logits
     are the output layer of the decoder's last hidden state (LLaMA, Mistral, SmolLM2, …).
     """
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    ids = batch["input_ids"] if inputs_embeds is None else None  # embeddings given: the benchmark's floor
+    hidden = model.get_decoder()(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"])
     labels = batch["labels"][:, 1:]
     keep = labels != data.IGNORE
     logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
