@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from .settings import TrainConfig
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -109,42 +113,43 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                                  "items_per_second")}), flush=True)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _training(args: argparse.Namespace, hp: dict) -> tuple[dict, TrainConfig]:
+    """(``--set`` as given, the checked TrainConfig with checked ``hp``) of ``train`` and ``memory``, after the
+    model folder and the data file are checked: all refused before a model loads."""
     from .adapters import check_model_folder
     from .data import check_file
     from .methods import check_hyperparameters
     from .options import build
-    from .search import read_selection
-    from .train import TrainConfig, train
+    from .settings import TrainConfig
 
     check_model_folder(args.model)
     check_file(Path(args.data))
+    settings = _key_values(args.set)
+    return settings, build(TrainConfig, settings, "--set", hp=check_hyperparameters(args.method, hp))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .search import read_selection
+    from .train import train
+
     hp = _key_values(args.hp)
     for path in args.hp_file:
         hp.update(read_selection(path))
-    config = build(TrainConfig, _key_values(args.set), "--set", hp=check_hyperparameters(args.method, hp))
+    _, config = _training(args, hp)
     summary = train(Path(args.model), args.method, Path(args.data), Path(args.out), config,
                     work=Path(args.work) if args.work else None)
     print(json.dumps({k: summary[k] for k in ("steps", "finished") if k in summary}))
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
-    from .adapters import check_model_folder, resolve_device
-    from .data import check_file
+    from .adapters import resolve_device
     from .memory import ProbeSpec, measure
-    from .methods import check_hyperparameters
-    from .options import build
     from .provenance import write_json_atomic
-    from .settings import TrainConfig
 
-    check_model_folder(args.model)
-    check_file(Path(args.data))
-    settings = _key_values(args.set)
-    build(TrainConfig, settings, "--set")  # refused here, not in every probe
+    settings, config = _training(args, _key_values(args.hp))  # refused here, not in every probe
     device = resolve_device(args.device)
     spec = ProbeSpec(args.model, args.method, args.data, args.steps, device=device, settings=settings,
-                     hp=check_hyperparameters(args.method, _key_values(args.hp)), timeout_s=args.timeout_s,
-                     threads=args.threads)
+                     hp=config.hp, timeout_s=args.timeout_s, threads=args.threads)
     record = measure(spec, args.low_mb, args.high_mb, args.step_mb, args.search_steps)
     write_json_atomic({**record, "size": args.size}, args.out)
     print(json.dumps({k: record[k] for k in ("method", "gradient_checkpointing", "device", "memory_mb",

@@ -44,9 +44,10 @@ def rng_state() -> dict[str, Any]:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def _save_checkpoint(path: Path, run: Run, step: int, scheduler, rng: dict[str, Any]) -> None:
+def _save_checkpoint(path: Path, run: Run, fingerprint: dict[str, Any], step: int, scheduler,
+                     rng: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as stream:
-        torch.save({"step": step, "fingerprint": run.fingerprint, "trainable": run.trainable.state_dict(),
+        torch.save({"step": step, "fingerprint": fingerprint, "trainable": run.trainable.state_dict(),
                     "scheduler": scheduler.state_dict(), **rng}, stream)
 
 
@@ -91,9 +92,7 @@ class Run:
     steps_per_epoch: int
     total: int
     base: dict[str, Any]
-    """The base model's identity (``identity.base_identity``), recorded with adapters."""
-    fingerprint: dict[str, Any]
-    """What this run computes (``identity.run_fingerprint``); a checkpoint resumes only its own run."""
+    """The base model's identity (``identity.base_identity``), recorded with adapters and in the fingerprint."""
 
     @property
     def device(self) -> torch.device:
@@ -131,8 +130,7 @@ def prepare(model_dir: Path, method_name: str, train_file: Path, config: TrainCo
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     trainable = wrap(method_name, model, config.hp, total, seed=config.seed)
-    fingerprint = run_fingerprint(method_name, asdict(config), train_file, base)
-    return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total, base, fingerprint)
+    return Run(trainable, tokenizer, examples, config, accumulation, steps_per_epoch, total, base)
 
 
 def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
@@ -188,8 +186,11 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     for stale in work.glob(".checkpoint.pt.*.tmp"):  # a write cut short by SIGKILL
         stale.unlink()
     step = 0
+    # what this run computes (the data file hashed once per training, not per memory probe); a checkpoint resumes
+    # only its own run
+    fingerprint = run_fingerprint(method_name, asdict(run.config), train_file, run.base)
     if checkpoint.exists():  # each load_state_dict copies onto the model's devices
-        state = _load_checkpoint(checkpoint, run.fingerprint)
+        state = _load_checkpoint(checkpoint, fingerprint)
         trainable.load_state_dict(state["trainable"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -207,7 +208,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
             try:
                 loss_sum, tokens = optimizer_step(trainable, micro, stop)
             except Stopped as stopped:  # resume from the last completed step, with its random state
-                _save_checkpoint(checkpoint, run, step, scheduler, rng)
+                _save_checkpoint(checkpoint, run, fingerprint, step, scheduler, rng)
                 progress.close()
                 raise Stopped(f"stopped by {stopped} after step {step} of {total}; checkpoint {checkpoint}") from None
             scheduler.step()
@@ -217,13 +218,13 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
             metrics.flush()
             progress.update()
             if step < total and (stop or (config.checkpoint_every and step % config.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint, run, step, scheduler, rng_state())
+                _save_checkpoint(checkpoint, run, fingerprint, step, scheduler, rng_state())
             if stop and step < total:
                 progress.close()
                 raise Stopped(f"stopped by signal {stop[0]} after step {step} of {total}; checkpoint {checkpoint}")
     progress.close()
     if step < total:
-        _save_checkpoint(checkpoint, run, step, scheduler, rng_state())
+        _save_checkpoint(checkpoint, run, fingerprint, step, scheduler, rng_state())
         return {"step": step, "total": total, "finished": False}
     out.mkdir(parents=True, exist_ok=True)
     trainable.model.save_pretrained(out)
