@@ -195,10 +195,11 @@ def cmd_table(args: argparse.Namespace) -> None:
         size_dataset(key, args.sizes, "--fullift-blank")
     for key in released:
         size_dataset(key, args.sizes, "--fullift-released")
-    frame, sources = build(args.table, args.sizes, args.methods, args.root, args.fullift_blank)
+    frame, sources, spreads = build(args.table, args.sizes, args.methods, _pairs(args.result, "--result"),
+                                    args.fullift_blank)
     notes = fullift_notes(args.table, args.fullift_blank, released) if "full" in args.methods else []
-    _write_table(frame, markdown(frame, notes), {"table": args.table, "sources": sources, "notes": notes},
-                 Path(args.out))
+    _write_table(frame, markdown(frame, notes, spreads),
+                 {"table": args.table, "sources": sources, "spread": spreads, "notes": notes}, Path(args.out))
 
 
 def cmd_table3(args: argparse.Namespace) -> None:
@@ -211,7 +212,7 @@ def cmd_table3(args: argparse.Namespace) -> None:
 def cmd_table5(args: argparse.Namespace) -> None:
     from .report.tables import build_table5, markdown_table5
 
-    frame, sources = build_table5(args.root, args.schedules, args.intervals)
+    frame, sources = build_table5(_pairs(args.result, "--result"))
     _write_table(frame, markdown_table5(frame), {"table": "table5", "sources": sources}, Path(args.out))
 
 
@@ -255,6 +256,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
     from .provenance import atomic_open, run_provenance, write_json_atomic
     from .report.audit import Tables, cells, claims, markdown
+    from .report.figures import plot_audit, save_figure
 
     sizes = _pairs(args.size, "--size")
     ours, paper = Tables.load(args.results, args.figure2), Tables.load(args.paper)
@@ -266,13 +268,18 @@ def cmd_audit(args: argparse.Namespace) -> None:
     with atomic_open(out.with_suffix(".md")) as stream:
         stream.write(markdown(cell_frame, claim_frame, sizes, record))
     write_json_atomic(record, out.with_name("provenance.json"))
-    print(claim_frame[["claim", "verdict", "in_paper"]].to_string(index=False))
+    save_figure(plot_audit(claim_frame), out.with_suffix(".png"))
+    columns = ["claim", "verdict", "effect", "ci_low", "ci_high", "p_value", "in_paper"]
+    print(claim_frame[columns].to_string(index=False))
 
 
 def cmd_figure2(args: argparse.Namespace) -> None:
     from .report.figures import figure2
 
-    adapters = _pairs(args.adapter, "--adapter")
+    adapters: dict[str, list[str]] = {}
+    for pair in args.adapter:  # a label given several times: its runs (seeds), averaged
+        label, path = next(iter(_pairs([pair], "--adapter").items()))
+        adapters.setdefault(label, []).append(path)
     print(figure2(adapters, args.out).to_string())
 
 
@@ -388,12 +395,14 @@ def parser() -> argparse.ArgumentParser:
     pm.add_argument("--cache", default="resources/archives")
     pm.set_defaults(func=cmd_prepare_model)
     tb = commands.add_parser("table", help="build Table 1 or 2 from evaluation JSON files",
-                             description="Write OUT (CSV laid out like the paper's), OUT with .md, and OUT with "
-                                         ".json naming the evaluation file behind every cell.")
+                             description="Write OUT (CSV laid out like the paper's, each cell the mean over its "
+                                         "seeds), OUT with .md (mean ± sd), and OUT with .json naming the evaluation "
+                                         "files behind every cell and their spread over seeds.")
     tb.add_argument("--table", required=True, choices=["table1", "table2"])
     tb.add_argument("--sizes", nargs="+", required=True)
     tb.add_argument("--methods", nargs="+", required=True)
-    tb.add_argument("--root", default="results/eval")
+    tb.add_argument("--result", nargs="+", required=True, metavar="SIZE/METHOD/DATASET/BENCHMARK/SEED=FILE",
+                    help="the evaluation file of every cell and seed (DATASET base for untuned methods)")
     tb.add_argument("--fullift-blank", nargs="*", default=[], metavar="SIZE/DATASET",
                     help="FullIFT cells left blank (not trained at that size)")
     tb.add_argument("--fullift-released", nargs="*", default=[], metavar="SIZE/DATASET=CITATION",
@@ -402,11 +411,9 @@ def parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=cmd_table)
 
     t5 = commands.add_parser("table5", help="build Table 5 (schedule × update interval) from evaluation files",
-                             description="Read ROOT/{schedule}-S{interval}/{mmlu,tydiqa}.json; write OUT (CSV) and "
-                                         "its .md and .json twins.")
-    t5.add_argument("--root", required=True)
-    t5.add_argument("--schedules", nargs="+", required=True)
-    t5.add_argument("--intervals", nargs="+", type=int, required=True)
+                             description="Write OUT (CSV), its .md and .json twins from the MMLU and TyDiQA "
+                                         "results of every schedule and update interval S.")
+    t5.add_argument("--result", nargs="+", required=True, metavar="SCHEDULE/S/BENCHMARK=FILE")
     t5.add_argument("--out", required=True)
     t5.set_defaults(func=cmd_table5)
 
@@ -437,8 +444,9 @@ def parser() -> argparse.ArgumentParser:
     f4.set_defaults(func=cmd_figure4)
 
     au = commands.add_parser("audit", help="our tables beside the paper's and the paper's claims checked",
-                             description="Write OUT (CSV: every claim with its verdict, then every cell beside the "
-                                         "paper's), OUT with .md, and provenance.json beside it.")
+                             description="Write OUT (CSV: every claim with its verdict, effect, interval and "
+                                         "p-value, then every cell beside the paper's), OUT with .md, its picture "
+                                         "(.png, .pdf) and provenance.json beside it.")
     au.add_argument("--results", default="results", help="folder with table1..5.csv (absent ones: not measured)")
     au.add_argument("--paper", default="config/paper_results", help="the paper's tables as CSV")
     au.add_argument("--figure2", default="results/figure2.csv")

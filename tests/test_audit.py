@@ -1,14 +1,31 @@
-"""The replication audit: cells beside the paper's with the difference, claims with the right verdicts."""
+"""The replication audit: cells beside the paper's with the difference; claims decided by paired statistics
+(exact p-values on hand-computed fixtures), memory by the search's bracket; the audit picture."""
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 
+from spiel.evaluate.run import aggregate
 from spiel.provenance import run_provenance
-from spiel.report.audit import CLAIMS, NOT_MEASURED, NOT_REPLICATED, REPLICATED, Tables, cells, claims
+from spiel.report import stats
+from spiel.report.audit import (
+    CLAIMS,
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    REPLICATED,
+    Tables,
+    cells,
+    claims,
+    memory_bracket,
+)
 
 PAPER = Path(__file__).resolve().parents[1] / "config/paper_results"
 
@@ -27,23 +44,139 @@ def _ours(tmp: Path) -> Path:
     return results
 
 
-def test_claims_get_the_right_verdicts(tmp_path):
+def test_copied_tables_without_their_files_are_inconclusive_not_decided(tmp_path):
+    """Numbers without the per-item files behind them have no noise: a difference cannot be judged."""
     results = _ours(tmp_path)
     frame = claims(Tables.load(results, results / "figure2.csv"), Tables.load(PAPER)).set_index("claim")
     assert len(frame) == len(CLAIMS)
-    # fails: at 7b SpIEL-AG now scores 40.0 against LoRA's 49.3 (13b still holds)
-    assert frame.loc["spiel_ag_beats_lora_flan_mmlu", "verdict"] == NOT_REPLICATED
-    assert "7b flan_mmlu: SpIEL-AG 40 vs LoRA 49.3" in frame.loc["spiel_ag_beats_lora_flan_mmlu", "evidence"]
-    assert frame.loc["spiel_ag_beats_lora_flan_mmlu", "in_paper"] == "holds"
-    # holds: Table 3 copied from the paper (SpIEL-MA 30 < LoRA 40 GB at 7b, 51 < 66 at 13b)
-    assert frame.loc["spiel_ma_less_memory_than_lora", "verdict"] == REPLICATED
-    assert frame.loc["checkpointing_helps_lora_most", "verdict"] == REPLICATED
-    # Figure 2 data: after step 30, SpIEL-MA grew 0.10 of its indices and SpIEL-AG 0.30
-    assert frame.loc["spiel_ma_grows_fewer_late", "verdict"] == REPLICATED
+    row = frame.loc["spiel_ag_beats_lora_flan_mmlu"]
+    # at 7b SpIEL-AG now scores 40.0 against LoRA's 49.3; 13b 55.8 vs 55.8: mean difference −4.65
+    assert row["verdict"] == INCONCLUSIVE and math.isclose(row["effect"], -4.65)
+    assert "7b flan_mmlu: SpIEL-AG 40 vs LoRA 49.3" in row["evidence"] and row["in_paper"] == "holds"
+    assert math.isclose(row["published_effect"], (50.7 - 49.3 + 55.8 - 55.8) / 2)
+    assert "no spread" in row["note"]
+    assert frame.loc["spiel_ma_grows_fewer_late", "verdict"] == INCONCLUSIVE
     assert frame.loc["spiel_ma_grows_fewer_late", "in_paper"] == "no published data"
-    # no Table 4 in this run
-    assert frame.loc["search_picks_largest_rank", "verdict"] == NOT_MEASURED
+    assert frame.loc["search_picks_largest_rank", "verdict"] == NOT_MEASURED  # no Table 4 in this run
     assert frame.loc["search_picks_largest_rank", "in_paper"] == "holds"
+
+
+def _evaluation(path: Path, benchmark: str, scores: dict[tuple[str, int], float]) -> Path:
+    """An evaluation file as ``spiel evaluate`` writes it (aggregate and per-sample log)."""
+    samples = [{"doc_id": i, "group": g, "prompt": f"{g} question {i}", "score": s} for (g, i), s in scores.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": benchmark, **aggregate(benchmark, samples), "samples": samples}))
+    return path
+
+
+def _mmlu_run(tmp: Path, wins: int, losses: int, ties: int = 20) -> Path:
+    """A run with only Table 1's Flan v2 MMLU at one size: SpIEL-AG right and LoRA wrong on ``wins`` items, the
+    reverse on ``losses``, both right on ``ties``."""
+    results = tmp / "results"
+    a = {("anatomy", i): 1.0 for i in range(wins)} | {("anatomy", wins + i): 0.0 for i in range(losses)}
+    b = {("anatomy", i): 0.0 for i in range(wins)} | {("anatomy", wins + i): 1.0 for i in range(losses)}
+    same = {("astronomy", i): 1.0 for i in range(ties)}
+    files = {name: _evaluation(results / f"eval/{name}/mmlu.json", "mmlu", scores | same)
+             for name, scores in (("SpIEL-AG", a), ("LoRA", b))}
+    values = {name: json.loads(f.read_text())["value"] for name, f in files.items()}
+    pd.DataFrame([{"size": "s", "method": m, "flan_mmlu": round(v, 2)} for m, v in values.items()]
+                 ).to_csv(results / "table1.csv", index=False)
+    (results / "table1.json").write_text(json.dumps(
+        {"sources": {f"s/{m}/flan_mmlu": str(f.relative_to(tmp)) for m, f in files.items()}}))
+    return results
+
+
+@pytest.mark.parametrize(("wins", "losses", "verdict", "p_value"), [
+    (10, 0, REPLICATED, 2 / 2**10),  # exact McNemar: 2·P(X ≥ 10), X ~ Bin(10, ½)
+    (6, 3, INCONCLUSIVE, 2 * (84 + 36 + 9 + 1) / 2**9),  # 2·P(X ≥ 6), X ~ Bin(9, ½)
+    (0, 10, CONTRADICTED, 2 / 2**10),
+])
+def test_a_paired_claim_has_the_exact_mcnemar_p_value(tmp_path, wins, losses, verdict, p_value):
+    results = _mmlu_run(tmp_path, wins, losses)
+    row = claims(Tables.load(results), Tables.load(PAPER)).set_index("claim").loc["spiel_ag_beats_lora_flan_mmlu"]
+    n = wins + losses + 20
+    assert row["verdict"] == verdict
+    assert math.isclose(row["p_value"], p_value) and row["test"].startswith("exact sign test")
+    assert math.isclose(row["effect"], 100 * (wins - losses) / n) and row["n"] == n
+    assert row["ci_low"] <= row["effect"] <= row["ci_high"]
+    if verdict == INCONCLUSIVE:  # what would decide the published +0.7 (mean of 7b's +1.4 and 13b's 0)
+        needed = math.ceil(n * (row["detectable"] / 0.7) ** 2)
+        assert f"about {needed} items would detect the published +0.7" in row["note"]
+
+
+def test_sign_flip_enumerates_unequal_terms_exactly():
+    # S = 3 + 1 + 1 = 5; of the 8 sign patterns, |S| ≥ 5 only for all-plus and all-minus
+    p, test = stats.sign_flip([(np.array([3.0, 1.0, 1.0, 0.0]), 1.0)])
+    assert p == 0.25 and test.startswith("exact sign-flip")
+    assert stats.sign_flip([(np.zeros(4), 1.0)])[0] == 1.0
+
+
+def test_the_bootstrap_interval_holds_the_exact_difference_and_narrows_with_items():
+    pattern = np.array([100.0, 0.0, 0.0, -100.0, 100.0])  # mean 20
+    widths = []
+    for copies in (2, 8, 32):
+        estimate = stats.estimate([stats.Stratum(np.tile(pattern, copies), 1.0, np.zeros(5 * copies))])
+        assert math.isclose(estimate.effect, 20.0) and estimate.low <= 20.0 <= estimate.high
+        widths.append(estimate.high - estimate.low)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_paired_strata_weigh_groups_as_the_benchmark_score_does(tmp_path):
+    """BBH and TyDiQA average their groups: the pooled effect equals the difference of the files' scores."""
+    from spiel.report.audit import paired_strata
+
+    a = {("x", 0): 1.0, ("x", 1): 1.0, ("x", 2): 0.0, ("y", 3): 1.0}
+    b = {("x", 0): 0.0, ("x", 1): 1.0, ("x", 2): 0.0, ("y", 3): 0.0}
+    tables = Tables({})
+    for benchmark in ("bbh", "gsm"):
+        fa, fb = (_evaluation(tmp_path / f"{benchmark}-{n}.json", benchmark, s) for n, s in (("a", a), ("b", b)))
+        estimate = stats.estimate(paired_strata(tables, [fa], [fb], 1.0))
+        expected = json.loads(fa.read_text())["value"] - json.loads(fb.read_text())["value"]
+        assert math.isclose(estimate.effect, expected)  # bbh: (1/3 + 1)/2·100; gsm: 2/4·100
+    _evaluation(tmp_path / "short.json", "gsm", {k: v for k, v in a.items() if k[1] != 3})
+    with pytest.raises(ValueError, match="not scored on the same items"):
+        paired_strata(tables, [tmp_path / "short.json"], [tmp_path / "gsm-b.json"], 1.0)
+
+
+def _memory(passed: int, failed: list[int], step_seconds: list[float]) -> dict:
+    probes = [{"limit_mb": f, "passed": False, "reason": "out of memory", "steps": 2} for f in failed]
+    probes.append({"limit_mb": passed, "passed": True, "reason": "", "steps": 2, "step_seconds": step_seconds})
+    return {"memory_mb": passed, "steps": 2, "probes": probes}
+
+
+@pytest.mark.parametrize(("ag", "verdict"), [((1024, [768]), REPLICATED), ((2048, [1792]), INCONCLUSIVE),
+                                             ((3072, [2816]), CONTRADICTED)])
+def test_memory_claims_are_decided_by_the_search_brackets(tmp_path, ag, verdict):
+    """LoRA needs (1792, 2048] MiB; SpIEL-AG's bracket below, overlapping, or above it."""
+    results = tmp_path / "results"
+    results.mkdir()
+    records = {"LoRA": _memory(2048, [1792, 1024], [1.0, 1.2]), "SpIEL-AG": _memory(ag[0], ag[1], [1.1, 1.3])}
+    for name, record in records.items():
+        (results / f"{name}.json").write_text(json.dumps(record))
+    pd.DataFrame([{"size": "s", "method": m, "activation_checkpointing": "false",
+                   "memory_gb": r["memory_mb"] / 1024, "seconds_per_step": 1.1} for m, r in records.items()]
+                 ).to_csv(results / "table3.csv", index=False)
+    (results / "table3.json").write_text(json.dumps({"sources": {f"s/{m}/false": f"results/{m}.json"
+                                                                 for m in records}}))
+    assert memory_bracket(records["LoRA"]) == (1.75, 2.0)
+    row = claims(Tables.load(results), Tables.load(PAPER)).set_index("claim").loc["spiel_ag_less_memory_than_lora"]
+    assert row["verdict"] == verdict and row["test"] == "search bracket"
+    assert math.isclose(row["ci_low"], (ag[1][0] - 2048) / 1024) and math.isclose(row["ci_high"], (ag[0] - 1792) / 1024)
+
+
+def test_the_audit_picture_plots_the_audit_csv(tmp_path):
+    from spiel.report.figures import plot_audit
+
+    results = _mmlu_run(tmp_path, 10, 0)
+    frame = claims(Tables.load(results), Tables.load(PAPER))
+    figure = plot_audit(frame)
+    for ax, row in zip(figure.axes, frame.itertuples(index=False), strict=True):
+        plotted = {tuple(line.get_xdata()) for line in ax.lines if line.get_marker() in ("o", "D")}
+        expected = {v for v in [(row.effect,), (row.published_effect,)] if not pd.isna(v[0])}
+        assert plotted == expected, row.claim
+        if not pd.isna(row.ci_low):  # the interval's caps at the CSV's bounds
+            caps = sorted(x for line in ax.lines if line.get_marker() == "|" for x in line.get_xdata())
+            assert np.allclose(caps, [row.ci_low, row.ci_high])
 
 
 def test_every_claim_holds_in_the_published_tables_it_reads():
@@ -80,3 +213,35 @@ def test_provenance_records_config_hash_devices_and_stage_times(tmp_path):
     assert record["wall_s_per_stage"] == {"train": 20.0}
     assert record["device"] == "cpu (x86_64, no GPU)" and record["seed"] == 3
     assert record["config_sha256"] == run_provenance({"b": 1, "seed": 3}, tmp_path / "results")["config_sha256"]
+
+
+def test_seeds_are_resampled_before_items():
+    """Two seeds of cell a that disagree: the effect is their mean, and the interval, which resamples seeds first,
+    is wider than that of either seed's items alone."""
+    items = 200
+    rng = np.random.default_rng(0)
+    b = (rng.random((1, items)) < 0.5) * 100.0
+    a = np.vstack([np.clip(b + 100.0 * (rng.random(items) < 0.3), 0, 100),  # seed 1: better on 30 % of items
+                   np.clip(b - 100.0 * (rng.random(items) < 0.3), 0, 100)])  # seed 2: worse
+    pooled = stats.estimate([stats.Stratum(a, 1.0, b)])
+    assert math.isclose(pooled.effect, a.mean() - b.mean()) and "2 seeds then items" in pooled.test
+    for seed in range(2):
+        alone = stats.estimate([stats.Stratum(a[[seed]], 1.0, b)])
+        assert pooled.high - pooled.low > alone.high - alone.low
+
+
+def test_two_runs_of_two_seeds_cannot_decide_a_seed_level_claim():
+    """Unpaired per-seed measures: the exact permutation test over the 6 relabellings of 2 + 2 runs gives p = 2/6
+    even for fully separated runs; 4 + 4 runs give 2/70."""
+    estimate = stats.estimate([stats.Stratum(np.array([1.0, 1.0]), 1.0, np.array([0.94, 0.95]), paired=False)])
+    assert math.isclose(estimate.p_value, 2 / 6) and estimate.test == "exact permutation, 6 relabellings"
+    assert stats.decide(estimate, -1) == INCONCLUSIVE
+    estimate = stats.estimate([stats.Stratum(np.array([1.0, 1.1, 1.2, 1.3]), 1.0, np.array([0.1, 0.2, 0.3, 0.4]),
+                                             paired=False)])
+    assert math.isclose(estimate.p_value, 2 / 70) and stats.decide(estimate, 1) == REPLICATED
+
+
+def test_items_that_never_differ_decide_nothing():
+    """All six paired differences are 0: the bootstrap has no spread, so even a margin claim stays inconclusive."""
+    estimate = stats.estimate([stats.Stratum(np.zeros((1, 6)), 1.0, np.zeros((1, 6)))], margin=3.0)
+    assert estimate.se == 0 and stats.decide(estimate, -1, 3.0) == INCONCLUSIVE

@@ -204,17 +204,21 @@ def test_training_data_that_is_not_a_file_of_text(training_setup, tmp_path, caps
     assert code == 2 and str(data) in err and ("a folder" in err if damage == "folder" else "not UTF-8" in err)
 
 
-def _eval_tree(root, value=40.0, benchmark=None) -> None:
-    """Table 2's evaluation files for one size (s) and LoRA; the Flan MMLU one with ``value`` / ``benchmark``."""
+def _eval_tree(root, value=40.0, benchmark=None) -> list[str]:
+    """Table 2's evaluation files for one size (s), LoRA and seed 1, the Flan MMLU one with ``value`` /
+    ``benchmark``; the table command's ``--result`` arguments."""
     from spiel.report.cells import cells
 
+    results = []
     for cell in cells("table2", ["s"], ["lora"]):
-        path = cell.path(root)
+        path = root / cell.size / cell.dataset / cell.method / f"{cell.benchmark}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         odd = (cell.dataset, cell.benchmark) == ("flan", "mmlu")
         record = {"benchmark": (benchmark or cell.benchmark) if odd else cell.benchmark,
                   "value": value if odd else 40.0, "stderr": 2.0}
         path.write_text(json.dumps(record))
+        results.append(f"{cell.key}/1={path}")
+    return results
 
 
 @pytest.mark.parametrize("value,benchmark,named", [
@@ -222,14 +226,17 @@ def _eval_tree(root, value=40.0, benchmark=None) -> None:
     ("40.0", None, "value='40.0' is not a score"), (40.0, "gsm", "a result of benchmark 'gsm' where 'mmlu' belongs"),
 ])
 def test_an_evaluation_file_that_is_not_a_result_stops_the_table(tmp_path, capsys, value, benchmark, named):
-    _eval_tree(tmp_path / "eval", value, benchmark)
+    results = _eval_tree(tmp_path / "eval", value, benchmark)
     out = tmp_path / "table2.csv"
     code, err = run_cli(capsys, "table", "--table", "table2", "--sizes", "s", "--methods", "lora",
-                        "--root", str(tmp_path / "eval"), "--out", str(out))
+                        "--result", *results, "--out", str(out))
     assert code == 2 and "s/flan/lora/mmlu.json" in err and named in err and not out.exists()
-    _eval_tree(tmp_path / "eval")
+    results = _eval_tree(tmp_path / "eval")
     assert run_cli(capsys, "table", "--table", "table2", "--sizes", "s", "--methods", "lora",
-                   "--root", str(tmp_path / "eval"), "--out", str(out))[0] == 0
+                   "--result", *results, "--out", str(out))[0] == 0
+    code, err = run_cli(capsys, "table", "--table", "table2", "--sizes", "s", "--methods", "lora",
+                        "--result", *results, "s/lora/flan/gsm/1=x.json", "--out", str(out))
+    assert code == 2 and "s/lora/flan/gsm/…: not a cell of table2" in err
 
 
 def test_an_audit_of_a_missing_results_folder_fails(tmp_path, capsys):

@@ -61,10 +61,10 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     config["search"]["enabled"] = False
     config["training"].update(epochs=1000, checkpoint_every=1)  # ~20 s of steps: time to cancel midway
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
-    target = "results/adapters/tiny/tulu/lora"
+    target = "results/adapters/tiny/tulu/lora/seed-7"
     command = [*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"]
     with subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
-        checkpoint = folder / "results/work/tiny/tulu/lora/checkpoint.pt"
+        checkpoint = folder / "results/work/tiny/tulu/lora/seed-7/checkpoint.pt"
         deadline = time.monotonic() + 600
         while not checkpoint.exists() and time.monotonic() < deadline and run.poll() is None:
             time.sleep(0.5)
@@ -81,7 +81,7 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     assert run.returncode == 0, log[-4000:]
     training = re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)
     assert len(training) == 2 and jobs[0] in training  # the cancelled submission and its retry
-    progress = (folder / "logs/train/tiny/tulu/lora.log").read_text()
+    progress = (folder / "logs/train/tiny/tulu/lora/seed-7.log").read_text()
     resumed_at, total = map(int, re.search(r"train lora: .*?\| *(\d+)/(\d+) \[", progress).groups())
     assert 1 <= resumed_at < total  # the retry started from the checkpoint, not from step 0
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +98,7 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     config["training"].update(epochs=6000, checkpoint_every=0)  # ~3 min of steps; checkpoints only when stopped
     config["models"]["tiny"]["resources"]["train_runtime"] = 1
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
-    target = "results/adapters/tiny/flan/spiel-ag"
+    target = "results/adapters/tiny/flan/spiel-ag/seed-7"
     done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
                           capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
@@ -106,7 +106,7 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 2  # stopped attempts and the last one
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated
-    progress = (folder / "logs/train/tiny/flan/spiel-ag.log").read_text()  # the retry's log
+    progress = (folder / "logs/train/tiny/flan/spiel-ag/seed-7.log").read_text()  # the retry's log
     resumed_at, total = map(int, re.search(r"train spiel-ag: .*?\| *(\d+)/(\d+) \[", progress).groups())
     assert 1 <= resumed_at < total == steps[-1]
     (tmp_path / "local").mkdir()

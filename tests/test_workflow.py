@@ -28,9 +28,13 @@ def test_dry_run_of_every_config(tmp_path, configfile):
                                                     "train_ablation", "evaluate_ablation", "train_search",
                                                     "evaluate_search", "select_stage1", "select", "memory")}
     sizes = 2 if configfile == "config/paper.yaml" else 1
-    # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base,
-    # 5 Tülu models and the 4-bit base on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
-    expected = {"train": 21, "evaluate_all": 7, "evaluate_flan": 8, "evaluate_code": 12}
+    # Table 1-2 cells train and evaluate once per seed (micro: 2 seeds; the untrained base model once); search,
+    # memory and ablation once
+    seeds = 2 if configfile == ".test/config.yaml" else 1
+    # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base and
+    # the 4-bit base, and 5 Tülu models on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
+    expected = {"train": 21 * seeds, "evaluate_all": 2 + 5 * seeds, "evaluate_flan": 8 * seeds,
+                "evaluate_code": 12 * seeds}
     # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each
     ablations = 8 if configfile == "config/paper.yaml" else 4
     # Search points per size. Paper (App. D): (IA)3 4 lr; LoRA 4 lr × 4 r; SpIEL-AG and -MA 4 lr × 4 r, then λ at
@@ -87,7 +91,8 @@ def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, nam
     assert list(table["method"]) == methods
     paper = pd.read_csv(micro / f"config/paper_results/{name}.csv")
     assert list(table.columns) == [c for c in paper.columns if c != "note"]
-    sources = json.loads((micro / f"results/{name}.json").read_text())["sources"]
+    record = json.loads((micro / f"results/{name}.json").read_text())
+    sources, spreads = record["sources"], record["spread"]
     for row in table.itertuples(index=False):
         for column in table.columns[2:]:
             key = f"{row.size}/{row.method}/{column}"
@@ -95,15 +100,19 @@ def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, nam
             if name == "table1" and column == "tulu_plus_alpaca_humaneval" and row.method in ("Original", "FullIFT"):
                 assert pd.isna(value) and key not in sources  # blank, as in the paper
                 continue
-            evaluation = json.loads((micro / sources[key]).read_text())
-            assert value == round(evaluation["value"], 2)
-            assert evaluation["n_items"] > 0
+            evaluations = [json.loads((micro / path).read_text()) for path in sources[key]]
+            # seeds 7 and 8; the untrained base model once
+            assert len(evaluations) == (1 if row.method.startswith("Original") else 2)
+            assert all(e["n_items"] > 0 and e["protocol"]["seed"] == 7 for e in evaluations)  # the same items
+            assert value == round(sum(e["value"] for e in evaluations) / len(evaluations), 2)  # their mean
+            assert spreads[key]["values"] == [e["value"] for e in evaluations]
     assert (micro / f"results/{name}.md").read_text().startswith("| Size | Method | Flan v2 MMLU")
+    assert "mean ± standard deviation over n = 1/2 training seeds (7, 8)" in (micro / f"results/{name}.md").read_text()
     if name == "table1":
-        composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"]).read_text())
+        composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"][0]).read_text())
         assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
     else:
-        qlora = json.loads((micro / sources["tiny/qLoRA/flan_mmlu"]).read_text())
+        qlora = json.loads((micro / sources["tiny/qLoRA/flan_mmlu"][0]).read_text())
         assert len(qlora["adapters"]) == 1 and qlora["load_in_4bit"]  # applied on the NF4-loaded base
 
 
@@ -138,10 +147,13 @@ def test_micro_config_draws_figure2_from_its_flan_adapters(micro):
     from spiel.report.figures import index_ages
 
     data = pd.read_csv(micro / "results/figure2.csv", index_col="step")
-    assert list(data.columns) == ["SpIEL-AG tiny", "SpIEL-MA tiny"]
+    runs = ("", " #1", " #2")  # the mean over seeds 7 and 8, then each seed's run
+    assert list(data.columns) == [f"{label} tiny{run}" for label in ("SpIEL-AG", "SpIEL-MA") for run in runs]
     for label, method in (("SpIEL-AG tiny", "spiel-ag"), ("SpIEL-MA tiny", "spiel-ma")):
-        ages = index_ages(micro / f"results/adapters/tiny/flan/{method}")
-        assert data[label].loc[ages.index].tolist() == pytest.approx(ages.tolist())
+        for run, seed in ((1, 7), (2, 8)):  # each seed's run, and their mean
+            ages = index_ages(micro / f"results/adapters/tiny/flan/{method}/seed-{seed}")
+            assert data[f"{label} #{run}"].loc[ages.index].tolist() == pytest.approx(ages.tolist())
+        assert data[label].tolist() == pytest.approx(((data[f"{label} #1"] + data[f"{label} #2"]) / 2).tolist())
         assert data[label].sum() == pytest.approx(1.0)
     assert (micro / "results/figure2.pdf").stat().st_size > 1000
 
@@ -179,9 +191,9 @@ def test_micro_config_search_selects_the_best_point_and_the_tables_train_with_it
         assert record["label"] == best
         assert sorted(figure[figure["method"] == name]["label"]) == sorted(scores)
         # every Table 1 / 2 / 5 training cell of this method (and its 4-bit counterpart) trained with the selection
-        cells = [f"results/adapters/tiny/{d}/{name}" for d in ("flan", "alpaca", "tulu")]
+        cells = [f"results/adapters/tiny/{d}/{name}/seed-{s}" for d in ("flan", "alpaca", "tulu") for s in (7, 8)]
         if name != "ia3":
-            cells.append(f"results/adapters/tiny/flan/q{name}")
+            cells.append(f"results/adapters/tiny/flan/q{name}/seed-7")
         if name == "spiel-ag":
             cells.append("results/ablation/tiny/linear-S1/adapter")
         for cell in cells:
@@ -212,12 +224,17 @@ def test_micro_config_produces_table3_from_its_memory_searches(micro):
 
 
 def test_micro_config_audits_every_claim_from_its_result_files(micro):
-    from spiel.report.audit import CLAIMS
+    from spiel.report.audit import CLAIMS, NOT_MEASURED, VERDICTS
 
     audit = pd.read_csv(micro / "results/audit.csv")
     claims = audit[audit["kind"] == "claim"].set_index("claim")
     assert list(claims.index) == [c.name for c in CLAIMS]
-    assert set(claims["verdict"]) <= {"replicated", "not replicated", "not measured"}
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    for name, row in claims[claims["verdict"] != NOT_MEASURED].iterrows():
+        # every measured claim has its effect inside its interval, or says why it has none (one run of Figure 2)
+        assert (row["ci_low"] <= row["effect"] <= row["ci_high"]) or row["note"].startswith("one run"), name
+    assert claims.loc["search_picks_largest_rank", "test"].startswith(("exact", "sign-flip"))  # LoRA r 2 vs 4
+    assert (micro / "results/audit.png").stat().st_size > 0 and (micro / "results/audit.pdf").exists()
     for claim in CLAIMS:
         for table in claim.tables:
             assert (micro / "results" / f"{table}.csv").exists(), (claim.name, table)
@@ -304,13 +321,13 @@ def _planned(done) -> dict[str, int]:
 
 def test_a_changed_evaluation_reruns_exactly_what_reads_it(micro, tmp_path):
     """Every file the report jobs read is a declared input: changing one Table 1 evaluation plans that table and
-    the audit (which reads the evaluation's standard error), and nothing else. (Content, not only the mtime:
+    the audit (which reads its per-item scores), and nothing else. (Content, not only the mtime:
     Snakemake ignores a newer mtime of a small input whose checksum it recorded.)"""
     import shutil
 
     folder = tmp_path / "run"
     shutil.copytree(micro, folder, symlinks=True)
-    evaluation = next((folder / "results" / "eval").glob("*/flan/lora/mmlu.json"))
+    evaluation = next((folder / "results" / "eval").glob("*/flan/lora/seed-7/mmlu.json"))
     record = json.loads(evaluation.read_text())
     record["stderr"] = min(100.0, record["stderr"] + 1.0)
     evaluation.write_text(json.dumps(record))

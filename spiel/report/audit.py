@@ -1,41 +1,65 @@
-"""The replication audit: our tables beside the paper's, cell by cell, and the paper's claims checked.
+"""The replication audit: our tables beside the paper's, cell by cell, and the paper's claims decided.
 
-Each claim of §5 (and App. C–D) is a function over a set of tables — ours, or the paper's own tables in
-``config/paper_results`` — so the audit shows both that the claim holds in the published numbers and whether it
-holds in this run. A verdict is "replicated", "not replicated" or "not measured" (a table or row is missing).
-Single-seed comparisons of benchmark scores also say whether the difference lies within the combined standard
-error of the two evaluations (``within_stderr``), which the verdict does not hide.
+Each claim of §5 (and App. C–D) is an *effect* with a direction: e.g. "SpIEL-AG ≥ LoRA on Flan v2 MMLU" is the
+score difference SpIEL-AG − LoRA, claimed ≥ 0. A claim spanning several sizes, columns or methods pools its
+comparisons as their mean. The same function runs over the paper's tables (``config/paper_results``: the
+published effect, and whether the claim holds in the published numbers) and over ours, where the evidence
+behind each number gives the effect its noise (``spiel.report.stats``):
+
+- benchmark scores: the per-item scores in the evaluation files, paired item by item (every method is scored on
+  the same items) — a bootstrap interval and an exact or sign-flip p-value;
+- memory (Table 3): the binary search's bracket, the highest limit that ran out of memory to the lowest that
+  passed — an interval, significant when it excludes the margin;
+- step time: the passing probe's per-step times — a bootstrap over steps.
+
+A verdict is *replicated* (significant in the paper's direction), *contradicted* (significant against it),
+*inconclusive* (neither, or one run with no spread to judge by) or *not measured* (a table or row is missing).
+An inconclusive claim says the smallest effect this run could detect and about how many items would detect the
+published one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .tables import read_result
+from ..evaluate.run import MACRO
+from . import stats
+from .stats import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, REPLICATED, Estimate, Stratum
 
-REPLICATED, NOT_REPLICATED, NOT_MEASURED = "replicated", "not replicated", "not measured"
 KEYS = {"table1": ["size", "method"], "table2": ["size", "method"], "table3": ["size", "method",
         "activation_checkpointing"], "table4": ["size", "method"], "table5": ["schedule", "update_every_steps"]}
-IN_PAPER = {REPLICATED: "holds", NOT_REPLICATED: "does not hold", NOT_MEASURED: "no published data"}
 VALUES = {"table3": ["memory_gb", "seconds_per_step"], "table4": ["lr", "r", "lambda"], "table5": ["mmlu", "tydiqa"]}
+VERDICTS = (REPLICATED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
+PAPER_RANKS = [8, 16, 32, 64]
+"""App. D's rank grid (the published Table 4 has no selection files)."""
+
+Items = dict[tuple[str, int, str], float]
+"""(group, doc_id, digest of the prompt) → the item's score in points: two files pair only on the same prompts."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
 class Tables:
-    """One side of the audit: Tables 1–5 (absent ones None), Figure 2's data, cell standard errors."""
+    """One side of the audit: Tables 1–5 (absent ones None), Figure 2's data, and the files behind each cell
+    (``sources``: table → key → file, as the table's JSON record names them; the paper's tables have none)."""
 
     frames: dict[str, pd.DataFrame | None]
     figure2: pd.DataFrame | None = None
-    stderr: dict[str, float] = field(default_factory=dict)
-    """``table/size/method/column`` → standard error of that cell's evaluation (ours only)."""
-    ranks: dict[str, list[int]] = field(default_factory=dict)
-    """``size/method`` → the ranks the search tried (from Table 4's selection files)."""
+    sources: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
+    root: Path = Path(".")
+    """The run's working directory, against which the records' relative paths resolve."""
+    _items: dict[Path, tuple[str, Items]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, folder: str | Path, figure2: str | Path | None = None) -> Tables:
@@ -44,19 +68,14 @@ class Tables:
             raise FileNotFoundError(f"{folder}: " + ("no such folder" if not folder.is_dir() else
                                                      f"holds none of {', '.join(KEYS)} (.csv)"))
         frames: dict[str, pd.DataFrame | None] = {}
-        stderr: dict[str, float] = {}
         for name in KEYS:
             path = folder / f"{name}.csv"
             frames[name] = pd.read_csv(path, dtype={"activation_checkpointing": str}) if path.exists() else None
-            if name in ("table1", "table2"):
-                for key, evaluation in _sources(folder, name):
-                    stderr[f"{name}/{key}"] = read_result(evaluation, key.rsplit("_", 1)[1])["stderr"]
-        ranks = {key: list(json.loads(selection.read_text())["grid"].get("rank", []))
-                 for key, selection in _sources(folder, "table4")}
+        sources = {name: dict(_sources(folder, name)) for name in KEYS}
         data = None
         if figure2 is not None and Path(figure2).exists():
             data = pd.read_csv(figure2, index_col="step")
-        return cls(frames, data, stderr, ranks)
+        return cls(frames, data, sources, folder.parent)
 
     def cell(self, table: str, size: str, method: str, column: str, **match: str) -> float | None:
         """The value of ``column`` in the row of ``size`` and ``method`` (and ``match``: further key columns,
@@ -74,25 +93,47 @@ class Tables:
         frame = self.frames.get(table)
         return [] if frame is None else list(dict.fromkeys(frame["size"].astype(str)))
 
+    def items(self, path: Path) -> tuple[str, Items]:
+        """(benchmark, per-item scores in points) of an evaluation file."""
+        if path not in self._items:
+            record = json.loads(path.read_text())
+            scores = {(s["group"], int(s["doc_id"]), _digest(s["prompt"])): 100 * float(s["score"])
+                      for s in record["samples"]}
+            self._items[path] = record["benchmark"], scores
+        return self._items[path]
 
-def _sources(folder: Path, table: str) -> list[tuple[str, Path]]:
-    """(key, file) for every source named in ``folder/<table>.json`` that exists (relative paths are relative
-    to the run's working directory, the results folder's parent)."""
+    def record(self, table: str, key: str) -> dict | None:
+        """The JSON record behind ``key`` of ``table`` (a memory result, a search selection); None if none."""
+        paths = self.sources.get(table, {}).get(key)
+        return None if not paths else json.loads(paths[0].read_text())
+
+
+def _sources(folder: Path, table: str) -> list[tuple[str, list[Path]]]:
+    """(key, files) for every source named in ``folder/<table>.json`` whose files exist (a file, or one per seed;
+    relative paths are relative to the run's working directory, the results folder's parent)."""
     record = folder / f"{table}.json"
     if not record.exists():
         return []
-    pairs = [(key, Path(file) if Path(file).is_absolute() else folder.parent / file)
-             for key, file in json.loads(record.read_text()).get("sources", {}).items()]
-    return [(key, path) for key, path in pairs if path.exists()]
+    named = json.loads(record.read_text()).get("sources", {})
+    pairs = [(key, [_resolve(folder.parent, f) for f in ([files] if isinstance(files, str) else files)])
+             for key, files in named.items()]
+    return [(key, paths) for key, paths in pairs if paths and all(p.exists() for p in paths)]
+
+
+def _resolve(root: Path, file: str) -> Path:
+    return Path(file) if Path(file).is_absolute() else root / file
 
 
 @dataclass
-class Check:
-    """One comparison behind a claim (e.g. at one size)."""
+class Evidence:
+    """What a claim's comparisons show on one side: the effect from the tables' numbers, with the estimate
+    (interval, p-value) where the files behind them give it noise."""
 
-    holds: bool
-    evidence: str
-    within_stderr: bool | None = None
+    effect: float | None
+    text: str
+    estimate: Estimate | None = None
+    holds: bool | None = None
+    """Whether the numbers lie on the claim's side (the published tables: "holds"), when not the effect's sign."""
 
 
 @dataclass(frozen=True)
@@ -101,184 +142,356 @@ class Claim:
     source: str
     statement: str
     tables: tuple[str, ...]
-    checks: Callable[[Tables], list[Check]]
+    measure: Callable[[Tables], Evidence | None]
+    direction: int = 1
+    """+1: the paper says the effect is above ``margin``; −1: below it."""
+    margin: float = 0.0
+    unit: str = "points"
+    samples: str = "items"
+    """What the statistics resample (items; steps for step time; seeds for Figure 2)."""
+
+    def holds(self, evidence: Evidence) -> bool:
+        if evidence.holds is not None:
+            return evidence.holds
+        return (evidence.effect - self.margin) * self.direction >= 0
 
 
-def _at_least(tables: Tables, table: str, column: str, better: str, worse: str) -> list[Check]:
-    """``better`` ≥ ``worse`` on ``column`` at each size where both exist."""
-    out = []
-    for size in tables.sizes(table):
-        a, b = tables.cell(table, size, better, column), tables.cell(table, size, worse, column)
-        if a is None or b is None:
-            continue
-        errors = [tables.stderr.get(f"{table}/{size}/{m}/{column}") for m in (better, worse)]
-        noise = math.hypot(*errors) if all(e is not None for e in errors) else None
-        within = None if noise is None else abs(a - b) <= noise
-        note = "" if noise is None else f" (±{noise:.1f})"
-        out.append(Check(a >= b, f"{size} {column}: {better} {a:g} vs {worse} {b:g}{note}", within))
-    return out
+@dataclass(frozen=True)
+class Ref:
+    """One cell of Table 1 or 2."""
+
+    table: str
+    size: str
+    method: str
+    column: str
+
+    def value(self, tables: Tables) -> float | None:
+        return tables.cell(self.table, self.size, self.method, self.column)
+
+    def paths(self, tables: Tables) -> list[Path] | None:
+        """The cell's evaluation files, one per seed; None where the table names none."""
+        return tables.sources.get(self.table, {}).get(f"{self.size}/{self.method}/{self.column}")
 
 
-def _majority(tables: Tables, better: str, worse: str) -> list[Check]:
-    out = []
-    for size in tables.sizes("table1"):
-        frame = tables.frames["table1"]
-        columns = [c for c in frame.columns[2:] if c != "note"]
-        pairs = [(tables.cell("table1", size, better, c), tables.cell("table1", size, worse, c)) for c in columns]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if pairs:
-            wins = sum(a >= b for a, b in pairs)
-            out.append(Check(wins * 2 > len(pairs), f"{size}: {better} ≥ {worse} on {wins} of {len(pairs)} columns"))
-    return out
+def scores(tables: Tables, pairs: list[tuple[Ref, Ref]], margin: float = 0.0, note: str = "") -> Evidence | None:
+    """The mean of the score differences a − b over ``pairs`` (those with both cells), paired item by item where
+    both evaluation files are at hand."""
+    kept = [(a, b, a.value(tables), b.value(tables)) for a, b in pairs]
+    kept = [(a, b, x, y) for a, b, x, y in kept if x is not None and y is not None]
+    if not kept:
+        return None
+    text = "; ".join(f"{a.size} {a.column}: {a.method} {x:g} vs " + (f"{b.column} " if b.column != a.column else "")
+                     + f"{b.method} {y:g}" for a, b, x, y in kept)
+    files = [(a.paths(tables), b.paths(tables)) for a, b, _, _ in kept]
+    estimate = None
+    if all(p is not None and q is not None for p, q in files):
+        strata = [s for p, q in files for s in paired_strata(tables, p, q, 1 / len(files))]
+        estimate = stats.estimate(strata, margin)
+    return Evidence(float(np.mean([x - y for _, _, x, y in kept])), text + note, estimate)
 
 
-def _quantization_modest(tables: Tables, points: float = 3.0) -> list[Check]:
-    out = []
-    for full, quantized in (("LoRA", "qLoRA"), ("SpIEL-AG", "qSpIEL-AG"), ("SpIEL-MA", "qSpIEL-MA")):
-        for size in tables.sizes("table2"):
-            a, b = tables.cell("table1", size, full, "flan_mmlu"), tables.cell("table2", size, quantized, "flan_mmlu")
-            if a is not None and b is not None:
-                out.append(Check(a - b <= points, f"{size} Flan v2 MMLU: {full} {a:g} vs {quantized} {b:g}"))
-    return out
+def paired_strata(tables: Tables, a: list[Path], b: list[Path], weight: float) -> list[Stratum]:
+    """The per-item scores of cells a and b (their evaluation files, one per seed) on one benchmark, one stratum
+    per group weighted as the benchmark's score weighs it (× ``weight``). Files not scored on the same items are an
+    error naming them."""
+    runs = [tables.items(path) for path in (*a, *b)]
+    benchmark, reference = runs[0]
+    for path, (other, scores) in zip((*a, *b), runs, strict=True):
+        if other != benchmark or set(scores) != set(reference):
+            raise ValueError(f"{a[0]} and {path}: not scored on the same items ({benchmark}: {len(reference)}, "
+                             f"{other}: {len(scores)}); rerun their evaluations with one protocol")
+    groups = sorted({k[0] for k in reference})
+    strata = []
+    for group in groups:
+        keys = sorted(k for k in reference if k[0] == group)
+        share = 1 / len(groups) if benchmark in MACRO else len(keys) / len(reference)
+        matrices = [np.array([[scores[k] for k in keys] for _, scores in side])
+                    for side in (runs[:len(a)], runs[len(a):])]
+        strata.append(Stratum(matrices[0], weight * share, matrices[1]))
+    return strata
 
 
-def _composition(tables: Tables) -> list[Check]:
-    out = []
+def _at_least(table: str, columns: list[str], better: str, worse: str) -> Callable[[Tables], Evidence | None]:
+    """``better`` − ``worse`` on ``columns`` of ``table``, pooled over columns and sizes."""
+    def measure(tables: Tables) -> Evidence | None:
+        return scores(tables, [(Ref(table, size, better, c), Ref(table, size, worse, c))
+                               for size in tables.sizes(table) for c in columns])
+    return measure
+
+
+def _table1_columns(tables: Tables) -> list[str]:
+    frame = tables.frames.get("table1")
+    return [] if frame is None else [c for c in frame.columns[2:] if c != "note"]
+
+
+def _majority(better: str, worse: str) -> Callable[[Tables], Evidence | None]:
+    """``better`` − ``worse`` over every Table 1 column and size (the columns won are in the evidence)."""
+    def measure(tables: Tables) -> Evidence | None:
+        pairs = [(Ref("table1", size, better, c), Ref("table1", size, worse, c))
+                 for size in tables.sizes("table1") for c in _table1_columns(tables)]
+        values = [(a.value(tables), b.value(tables)) for a, b in pairs]
+        values = [(x, y) for x, y in values if x is not None and y is not None]
+        wins = sum(x >= y for x, y in values)
+        return scores(tables, pairs, note=f" ({better} ≥ {worse} on {wins} of {len(values)} cells)")
+    return measure
+
+
+def _composition(tables: Tables) -> Evidence | None:
+    """Composed − the better single adapter's HumanEval, per size and method."""
+    pairs = []
     for size in tables.sizes("table1"):
         for name in ("LoRA", "SpIEL-AG", "SpIEL-MA"):
-            composed = tables.cell("table1", size, name, "tulu_plus_alpaca_humaneval")
-            single = [tables.cell("table1", size, name, c) for c in ("alpaca_humaneval", "tulu_humaneval")]
-            if composed is not None and None not in single:
-                out.append(Check(composed > max(single), f"{size} {name}: composed {composed:g} vs GPT4-Alpaca "
-                                                         f"{single[0]:g}, Tülu v2 {single[1]:g}"))
-    return out
+            composed = Ref("table1", size, name, "tulu_plus_alpaca_humaneval")
+            single = [Ref("table1", size, name, c) for c in ("alpaca_humaneval", "tulu_humaneval")]
+            values = [r.value(tables) for r in single]
+            if composed.value(tables) is not None and None not in values:
+                pairs.append((composed, single[int(values[1] > values[0])]))
+    return scores(tables, pairs)
 
 
-def _memory(tables: Tables, a: str, b: str, checkpointing: str, column: str = "memory_gb",
-            strict: bool = True) -> list[Check]:
-    """``a`` below (or, not ``strict``, at most) ``b`` in Table 3's ``column``."""
-    out = []
-    for size in tables.sizes("table3"):
-        x, y = (tables.cell("table3", size, m, column, activation_checkpointing=checkpointing) for m in (a, b))
-        if x is not None and y is not None:
-            holds = x < y if strict else x <= y
-            out.append(Check(holds, f"{size} ckpt={checkpointing} {column}: {a} {x:g} vs {b} {y:g}"))
-    return out
+def _quantization_cost(tables: Tables) -> Evidence | None:
+    """Full-precision − 4-bit Flan v2 MMLU per PEFT method and size (claimed ≤ 3 points)."""
+    pairs = [(Ref("table1", size, full, "flan_mmlu"), Ref("table2", size, quantized, "flan_mmlu"))
+             for full, quantized in (("LoRA", "qLoRA"), ("SpIEL-AG", "qSpIEL-AG"), ("SpIEL-MA", "qSpIEL-MA"))
+             for size in tables.sizes("table2")]
+    return scores(tables, pairs, margin=3.0)
 
 
-def _checkpointing_saves_lora_more(tables: Tables) -> list[Check]:
-    out = []
-    for size in tables.sizes("table3"):
-        saved = {}
-        for name in ("LoRA", "SpIEL-AG", "SpIEL-MA"):
-            off, on = (tables.cell("table3", size, name, "memory_gb", activation_checkpointing=flag)
-                       for flag in ("false", "true"))
-            if off is not None and on is not None:
-                saved[name] = off - on
-        if "LoRA" in saved and len(saved) > 1:
-            others = {k: v for k, v in saved.items() if k != "LoRA"}
-            out.append(Check(all(saved["LoRA"] > v for v in others.values()),
-                             f"{size}: saved GB LoRA {saved['LoRA']:.3g}, "
-                             + ", ".join(f"{k} {v:.3g}" for k, v in others.items())))
-    return out
+def memory_bracket(record: dict) -> tuple[float, float] | None:
+    """(lower, upper) GB bracketing a memory search's requirement: the highest limit that ran out of memory
+    (0 if none) and the lowest that passed; None if none passed."""
+    passed = record["memory_mb"]
+    if passed is None:
+        return None
+    failed = [p["limit_mb"] for p in record["probes"]
+              if not p["passed"] and p["reason"] == "out of memory" and p["limit_mb"] < passed]
+    return max(failed, default=0) / 1024, passed / 1024
 
 
-def _quantization_saves_memory(tables: Tables) -> list[Check]:
-    return [c for full, q in (("LoRA", "qLoRA"), ("SpIEL-AG", "qSpIEL-AG"), ("SpIEL-MA", "qSpIEL-MA"))
-            for flag in ("false", "true") for c in _memory(tables, q, full, flag)]
+def step_seconds(record: dict) -> list[float]:
+    """The per-step times of the probe that gave a memory search's step time (the lowest passing whole run)."""
+    runs = [p for p in record["probes"] if p["passed"] and p["limit_mb"] == record["memory_mb"]
+            and p["steps"] in (None, record["steps"])]
+    return list(runs[-1]["step_seconds"]) if runs else []
 
 
-def _late_growth(tables: Tables) -> list[Check]:
-    """Share of indices grown in the second half of training (up to the last update): SpIEL-MA < SpIEL-AG."""
+Terms = dict[tuple[str, str, str], float]
+"""(size, method label, activation checkpointing "true"/"false") → coefficient: one comparison of Table 3."""
+
+
+def _table3(tables: Tables, comparisons: list[Terms], column: str, margin: float = 0.0) -> Evidence | None:
+    """The mean over ``comparisons`` of Σ coefficient · ``column``: memory with the searches' brackets as its
+    interval, step time with a bootstrap over each run's per-step times."""
+    def value(key):
+        size, name, flag = key
+        return tables.cell("table3", size, name, column, activation_checkpointing=flag)
+
+    kept = [terms for terms in comparisons if all(value(k) is not None for k in terms)]
+    if not kept:
+        return None
+    effect = float(np.mean([sum(c * value(k) for k, c in terms.items()) for terms in kept]))
+    text = "; ".join(f"{next(iter(terms))[0]}: " + " ".join(
+        f"{'+' if c > 0 else '−'} {name}{' (ckpt)' if flag == 'true' else ''} {value(k):g}"
+        for k, c in terms.items() for _, name, flag in [k]).removeprefix("+ ") for terms in kept)
+    records = [{k: tables.record("table3", "/".join(k)) for k in terms} for terms in kept]
+    if any(r is None for terms in records for r in terms.values()):
+        return Evidence(effect, f"{column}: {text}")
+    if column == "memory_gb":
+        brackets = [{k: memory_bracket(r) for k, r in terms.items()} for terms in records]
+        if any(b is None for terms in brackets for b in terms.values()):
+            return Evidence(effect, f"{column}: {text}")
+        low = np.mean([sum(c * b[k][0 if c > 0 else 1] for k, c in terms.items())
+                       for terms, b in zip(kept, brackets, strict=True)])
+        high = np.mean([sum(c * b[k][1 if c > 0 else 0] for k, c in terms.items())
+                        for terms, b in zip(kept, brackets, strict=True)])
+        estimate = stats.interval(float(low), float(high), effect, len(kept))
+    else:
+        if any(sorted(terms.values()) != [-1.0, 1.0] for terms in kept):
+            return Evidence(effect, f"{column}: {text}")  # step times compare two runs at a time
+        strata = []
+        for terms, runs in zip(kept, records, strict=True):
+            (plus,), (minus,) = ([k for k, c in terms.items() if c * sign > 0] for sign in (1, -1))
+            strata.append(Stratum(np.array(step_seconds(runs[plus])), 1 / len(kept),
+                                  np.array(step_seconds(runs[minus])), paired=False))
+        estimate = stats.estimate(strata, margin) if all(s.a.size and s.b.size for s in strata) else None
+    return Evidence(effect, f"{column}: {text}", estimate)
+
+
+def _less(a: str, b: str, column: str = "memory_gb", flags: tuple[str, ...] = ("false",)
+          ) -> Callable[[Tables], Evidence | None]:
+    """``a`` − ``b`` in Table 3's ``column`` at each size and checkpointing flag of ``flags``."""
+    def measure(tables: Tables) -> Evidence | None:
+        return _table3(tables, [{(s, a, f): 1.0, (s, b, f): -1.0} for s in tables.sizes("table3") for f in flags],
+                       column)
+    return measure
+
+
+def _checkpointing_saves_lora_more(tables: Tables) -> Evidence | None:
+    """LoRA's memory saved by checkpointing − SpIEL's, per size and SpIEL method."""
+    comparisons = [{(s, "LoRA", "false"): 1.0, (s, "LoRA", "true"): -1.0, (s, name, "false"): -1.0,
+                    (s, name, "true"): 1.0} for s in tables.sizes("table3") for name in ("SpIEL-AG", "SpIEL-MA")]
+    return _table3(tables, comparisons, "memory_gb")
+
+
+def _quantization_saves_memory(tables: Tables) -> Evidence | None:
+    comparisons = [{(s, q, f): 1.0, (s, full, f): -1.0} for s in tables.sizes("table3") for f in ("false", "true")
+                   for full, q in (("LoRA", "qLoRA"), ("SpIEL-AG", "qSpIEL-AG"), ("SpIEL-MA", "qSpIEL-MA"))]
+    return _table3(tables, comparisons, "memory_gb")
+
+
+def _late_growth(tables: Tables) -> Evidence | None:
+    """Share of indices grown in the second half of training (up to the last update): SpIEL-MA − SpIEL-AG, with a
+    bootstrap over training seeds where Figure 2's data has each seed's run (columns ``LABEL #i``); one run gives
+    no spread."""
     data = tables.figure2
     if data is None:
-        return []
-    out = []
+        return None
     horizon = data.index.max()
-    for column in [c for c in data.columns if c.startswith("SpIEL-AG ")]:
-        size = column.split(" ", 1)[1]
-        other = f"SpIEL-MA {size}"
-        if other in data:
-            late = {c: float(data.loc[data.index > horizon / 2, c].sum()) for c in (column, other)}
-            out.append(Check(late[other] < late[column], f"{size}: indices grown after step {horizon / 2:g}: "
-                                                         f"SpIEL-MA {late[other]:.3f} vs SpIEL-AG {late[column]:.3f}"))
-    return out
+
+    def late(column: str) -> float:
+        return float(data.loc[data.index > horizon / 2, column].sum())
+
+    pairs = [(c, f"SpIEL-MA {c.split(' ', 1)[1]}") for c in data.columns if c.startswith("SpIEL-AG ") and "#" not in c]
+    pairs = [(ag, ma) for ag, ma in pairs if ma in data]
+    if not pairs:
+        return None
+    text = "; ".join(f"{ag.split(' ', 1)[1]}: indices grown after step {horizon / 2:g}: SpIEL-MA {late(ma):.3f} vs "
+                     f"SpIEL-AG {late(ag):.3f}" for ag, ma in pairs)
+    effect = float(np.mean([late(ma) - late(ag) for ag, ma in pairs]))
+    runs = {c: [late(r) for r in data.columns if r.startswith(f"{c} #")] for pair in pairs for c in pair}
+    if any(len(v) < 2 for v in runs.values()):
+        return Evidence(effect, text)
+    strata = [Stratum(np.array(runs[ma]), 1 / len(pairs), np.array(runs[ag]), paired=False) for ag, ma in pairs]
+    return Evidence(effect, text + f" (mean of {min(map(len, runs.values()))} seeds)", stats.estimate(strata))
 
 
-PAPER_RANKS = [8, 16, 32, 64]
-"""App. D's rank grid (the published Table 4 has no selection files)."""
-
-
-def _largest_rank(tables: Tables) -> list[Check]:
-    """Selected r = the largest rank searched; a search over a single rank decides nothing (skipped)."""
+def _largest_rank(tables: Tables) -> Evidence | None:
+    """MMLU dev of the best point at the largest rank searched − the best at any smaller rank, from the search's
+    own evaluations (the published Table 4 gives only the selected r: whether it is the largest of App. D's)."""
     frame = tables.frames.get("table4")
     if frame is None:
-        return []
-    out = []
-    for row in frame[frame["r"].notna()].itertuples(index=False):
-        searched = tables.ranks.get(f"{row.size}/{row.method}", PAPER_RANKS if not tables.ranks else [])
-        if len(searched) > 1:
-            out.append(Check(float(row.r) == max(searched), f"{row.size} {row.method}: r = {row.r:g} of {searched}"))
-    return out
+        return None
+    rows = list(frame[frame["r"].notna()].itertuples(index=False))
+    if not tables.sources.get("table4"):
+        checks = [float(row.r) == max(PAPER_RANKS) for row in rows]
+        text = "; ".join(f"{row.size} {row.method}: r = {row.r:g} of {PAPER_RANKS}" for row in rows)
+        return Evidence(None, text, holds=all(checks)) if rows else None
+    strata, differences, text, checks = [], [], [], []
+    for row in rows:
+        record = tables.record("table4", f"{row.size}/{row.method}")
+        ranked = [p for p in record["points"] if p.get("rank") is not None] if record else []
+        ranks = sorted({p["rank"] for p in ranked})
+        if len(ranks) < 2:
+            continue  # a search over one rank decides nothing
+        top = max((p for p in ranked if p["rank"] == ranks[-1]), key=lambda p: p["score"])
+        rest = max((p for p in ranked if p["rank"] < ranks[-1]), key=lambda p: p["score"])
+        differences.append(top["score"] - rest["score"])
+        checks.append(float(row.r) == ranks[-1])
+        text.append(f"{row.size} {row.method}: r = {row.r:g} of {ranks}; best at r = {ranks[-1]} {top['score']:g} "
+                    f"vs r = {rest['rank']} {rest['score']:g}")
+        strata.append(([_resolve(tables.root, top["file"])], [_resolve(tables.root, rest["file"])]))
+    if not differences:
+        return None
+    pooled = [s for a, b in strata for s in paired_strata(tables, a, b, 1 / len(strata))]
+    return Evidence(float(np.mean(differences)), "; ".join(text), stats.estimate(pooled), holds=all(checks))
 
+
+TABLE2_COLUMNS = ["flan_mmlu", "flan_tydiqa", "alpaca_humaneval"]
 
 CLAIMS = [
     Claim("spiel_ag_beats_lora_flan_mmlu", "§5.1", "SpIEL-AG scores at least LoRA's Flan v2 MMLU at each size",
-          ("table1",), lambda t: _at_least(t, "table1", "flan_mmlu", "SpIEL-AG", "LoRA")),
+          ("table1",), _at_least("table1", ["flan_mmlu"], "SpIEL-AG", "LoRA")),
     Claim("spiel_ag_beats_lora_mostly", "§5.1", "SpIEL-AG scores at least LoRA's on most Table 1 columns at each size",
-          ("table1",), lambda t: _majority(t, "SpIEL-AG", "LoRA")),
+          ("table1",), _majority("SpIEL-AG", "LoRA")),
     Claim("spiel_ag_beats_ia3_mostly", "§5.1",
-          "SpIEL-AG scores at least (IA)3's on most Table 1 columns at each size",
-          ("table1",), lambda t: _majority(t, "SpIEL-AG", "(IA)3")),
+          "SpIEL-AG scores at least (IA)3's on most Table 1 columns at each size", ("table1",),
+          _majority("SpIEL-AG", "(IA)3")),
     Claim("composition_raises_humaneval", "§5.1 Compositionality",
           "Composing the Tülu v2 and GPT4-Alpaca adapters raises HumanEval above both single adapters, for LoRA "
           "and SpIEL at each size", ("table1",), _composition),
     Claim("qspiel_ag_beats_qlora", "§5.1 Quantization", "qSpIEL-AG scores at least qLoRA's on every Table 2 column",
-          ("table2",), lambda t: [c for col in ("flan_mmlu", "flan_tydiqa", "alpaca_humaneval")
-                                  for c in _at_least(t, "table2", col, "qSpIEL-AG", "qLoRA")]),
+          ("table2",), _at_least("table2", TABLE2_COLUMNS, "qSpIEL-AG", "qLoRA")),
     Claim("quantization_modest", "§5.1 Quantization",
           "4-bit quantization costs at most 3 points of Flan v2 MMLU for each PEFT method", ("table1", "table2"),
-          _quantization_modest),
+          _quantization_cost, direction=-1, margin=3.0),
     Claim("spiel_ma_less_memory_than_lora", "§5.2",
           "Without activation checkpointing, SpIEL-MA needs less memory than LoRA", ("table3",),
-          lambda t: _memory(t, "SpIEL-MA", "LoRA", "false")),
+          _less("SpIEL-MA", "LoRA"), direction=-1, unit="GB"),
     Claim("spiel_ag_less_memory_than_lora", "§5.2",
           "Without activation checkpointing, SpIEL-AG needs less memory than LoRA", ("table3",),
-          lambda t: _memory(t, "SpIEL-AG", "LoRA", "false")),
+          _less("SpIEL-AG", "LoRA"), direction=-1, unit="GB"),
     Claim("checkpointing_helps_lora_most", "§5.2",
           "Activation checkpointing cuts LoRA's memory by more than SpIEL's", ("table3",),
-          _checkpointing_saves_lora_more),
-    Claim("spiel_ma_leaner_than_ag", "§5.2", "SpIEL-MA is faster than SpIEL-AG and needs no more memory",
-          ("table3",), lambda t: [c for flag in ("false", "true") for c in
-                                  _memory(t, "SpIEL-MA", "SpIEL-AG", flag, "seconds_per_step")
-                                  + _memory(t, "SpIEL-MA", "SpIEL-AG", flag, strict=False)]),
+          _checkpointing_saves_lora_more, unit="GB"),
+    Claim("spiel_ma_faster_than_ag", "§5.2", "SpIEL-MA takes less time per step than SpIEL-AG", ("table3",),
+          _less("SpIEL-MA", "SpIEL-AG", "seconds_per_step", ("false", "true")), direction=-1, unit="s/step",
+          samples="steps"),
+    Claim("spiel_ma_no_more_memory_than_ag", "§5.2", "SpIEL-MA needs no more memory than SpIEL-AG", ("table3",),
+          _less("SpIEL-MA", "SpIEL-AG", "memory_gb", ("false", "true")), direction=-1, unit="GB"),
     Claim("quantization_saves_memory", "§5.2", "Each quantized method needs less memory than its 16/32-bit version",
-          ("table3",), _quantization_saves_memory),
+          ("table3",), _quantization_saves_memory, direction=-1, unit="GB"),
     Claim("spiel_ma_grows_fewer_late", "§5.3", "SpIEL-MA grows fewer indices late in training than SpIEL-AG",
-          ("figure2",), _late_growth),
+          ("figure2",), _late_growth, direction=-1, unit="share of indices", samples="seeds"),
     Claim("search_picks_largest_rank", "App. D", "The search selects the largest rank for LoRA and SpIEL",
           ("table4",), _largest_rank),
 ]
 
 
-def verdict(checks: list[Check]) -> str:
-    if not checks:
+def verdict(claim: Claim, evidence: Evidence | None) -> str:
+    """Not measured without evidence; inconclusive without an estimate (no spread) or a significant effect."""
+    if evidence is None:
         return NOT_MEASURED
-    return REPLICATED if all(c.holds for c in checks) else NOT_REPLICATED
+    if evidence.estimate is None:
+        return INCONCLUSIVE
+    return stats.decide(evidence.estimate, claim.direction, claim.margin)
+
+
+def _note(claim: Claim, evidence: Evidence | None, published: Evidence | None, outcome: str) -> str:
+    """For an inconclusive claim: what this run could detect and about what would decide the published effect."""
+    if outcome != INCONCLUSIVE:
+        return ""
+    estimate = evidence.estimate
+    if estimate is None:
+        return "one run: no spread to judge the difference by (needs repeated runs: seeds)"
+    if estimate.test == stats.BRACKET:
+        return (f"the search bracket [{estimate.low:+.3g}, {estimate.high:+.3g}] {claim.unit} spans {claim.margin:g}: "
+                "a finer memory search step (memory.step_mb) would decide it")
+    if estimate.se == 0:
+        return f"no variation among the {estimate.n} {claim.samples}: this run cannot tell an effect from noise"
+    note = f"smallest detectable effect ±{estimate.detectable:.3g} {claim.unit}"
+    published_effect = None if published is None else published.effect
+    needed = estimate.needed(published_effect, claim.margin)
+    if needed is not None and (published_effect - claim.margin) * claim.direction > 0:
+        note += f"; about {needed} {claim.samples} would detect the published {published_effect:+.3g}"
+    return note
+
+
+COLUMNS = ["claim", "source", "statement", "verdict", "unit", "direction", "margin", "effect", "ci_low", "ci_high",
+           "p_value", "test", "n", "detectable", "published_effect", "in_paper", "note", "evidence", "paper_evidence",
+           "tables"]
 
 
 def claims(ours: Tables, paper: Tables) -> pd.DataFrame:
-    """One row per claim: verdict in this run, whether it holds in the paper's tables, and the evidence."""
+    """One row per claim: our verdict, effect, 95 % interval and p-value; the published effect and whether the
+    claim holds in the published numbers; the evidence of each side."""
     rows = []
     for claim in CLAIMS:
-        mine, theirs = claim.checks(ours), claim.checks(paper)
-        within = [c.within_stderr for c in mine if c.within_stderr is not None]
-        rows.append({"claim": claim.name, "source": claim.source, "statement": claim.statement,
-                     "verdict": verdict(mine), "in_paper": IN_PAPER[verdict(theirs)],
-                     "within_stderr": None if not within else f"{sum(within)} of {len(within)} comparisons",
-                     "evidence": "; ".join(c.evidence for c in mine),
-                     "paper_evidence": "; ".join(c.evidence for c in theirs), "tables": " ".join(claim.tables)})
-    return pd.DataFrame(rows)
+        mine, theirs = claim.measure(ours), claim.measure(paper)
+        outcome = verdict(claim, mine)
+        estimate = None if mine is None else mine.estimate
+        rows.append({
+            "claim": claim.name, "source": claim.source, "statement": claim.statement, "verdict": outcome,
+            "unit": claim.unit, "direction": claim.direction, "margin": claim.margin,
+            "effect": None if mine is None else (estimate.effect if estimate else mine.effect),
+            "ci_low": estimate and estimate.low, "ci_high": estimate and estimate.high,
+            "p_value": estimate and estimate.p_value, "test": estimate and estimate.test, "n": estimate and estimate.n,
+            "detectable": estimate and estimate.detectable,
+            "published_effect": None if theirs is None else theirs.effect,
+            "in_paper": "no published data" if theirs is None else
+            ("holds" if claim.holds(theirs) else "does not hold"),
+            "note": _note(claim, mine, theirs, outcome), "evidence": "" if mine is None else mine.text,
+            "paper_evidence": "" if theirs is None else theirs.text, "tables": " ".join(claim.tables)})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def cells(ours: Tables, paper: Tables, sizes: dict[str, str]) -> pd.DataFrame:
@@ -324,11 +537,19 @@ def markdown(cell_frame: pd.DataFrame, claim_frame: pd.DataFrame, sizes: dict[st
     if any(k != v for k, v in sizes.items()):
         lines += ["Sizes put beside the paper's: " + ", ".join(f"{k} → {v}" for k, v in sizes.items())
                   + " (a different model: differences are not replication errors).", ""]
-    lines += ["## The paper's claims", "", "| Claim | Source | Verdict | In the paper | Within stderr | Evidence |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## The paper's claims", "",
+              "Effect: the claim's difference pooled over its comparisons (mean), with its 95 % interval and "
+              "p-value (paired over items for scores; the search bracket for memory; over steps for step time). "
+              "*Replicated*: significant (p < 0.05, or a bracket on one side) in the paper's direction; "
+              "*contradicted*: significant against it; *inconclusive*: neither.", "",
+              "| Claim | Source | Verdict | Effect [95 % CI] | p | Published | In the paper | Note | Evidence |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in claim_frame.itertuples(index=False):
-        lines.append(f"| {row.statement} | {row.source} | **{row.verdict}** | {row.in_paper} | "
-                     f"{'' if pd.isna(row.within_stderr) else row.within_stderr} | {row.evidence} |")
+        effect = "" if pd.isna(row.effect) else f"{row.effect:+.3g} {row.unit}"
+        if not pd.isna(row.ci_low):
+            effect += f" [{row.ci_low:+.3g}, {row.ci_high:+.3g}]"
+        lines.append(f"| {row.statement} | {row.source} | **{row.verdict}** | {effect} | {_fmt(row.p_value, '.3g')} | "
+                     f"{_fmt(row.published_effect, '+.3g')} | {row.in_paper} | {row.note} | {row.evidence} |")
     for table, group in cell_frame.groupby("table", sort=False):
         lines += ["", f"## {table.replace('table', 'Table ')}", "",
                   "| Ours | Paper's row | Column | Ours | Paper | Δ |", "|---|---|---|---|---|---|"]
@@ -338,7 +559,7 @@ def markdown(cell_frame: pd.DataFrame, claim_frame: pd.DataFrame, sizes: dict[st
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value) -> str:
+def _fmt(value, spec: str = "g") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)

@@ -1,11 +1,11 @@
-"""The cells of Tables 1 and 2: which (size, method, dataset, benchmark) each table has and where its evaluation
-file lies. Light to import (no pandas, no torch): the workflow plans its jobs from it."""
+"""The cells of Tables 1 and 2: which (size, method, dataset, benchmark) each table has and which evaluation
+(dataset ``base`` for untuned models) fills it. Light to import (no pandas, no torch): the workflow plans its jobs
+from it; where the files lie is the workflow's ``EVAL`` pattern."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..methods import method
 
@@ -37,8 +37,10 @@ class Cell:
         """The evaluation's dataset folder: ``base`` for untuned models."""
         return BASE if method(self.method).kind == "none" else self.dataset
 
-    def path(self, root: str | Path = "results/eval") -> Path:
-        return Path(root) / self.size / self.evaluated_on / self.method / f"{self.benchmark}.json"
+    @property
+    def key(self) -> str:
+        """``size/method/dataset/benchmark``: how the table command is told which file is this cell's."""
+        return f"{self.size}/{self.method}/{self.dataset}/{self.benchmark}"
 
 
 def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collection[str] = ()) -> list[Cell]:

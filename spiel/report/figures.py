@@ -9,6 +9,7 @@ for SpIEL against λ (at the λ rank with the selected learning rate) — one pa
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from safetensors import safe_open
 
 from ..adapters import adapter_type
@@ -40,18 +42,33 @@ def index_ages(adapter: str | Path) -> pd.Series:
     return series / series.sum()
 
 
-def figure2(adapters: dict[str, str | Path], out: str | Path) -> pd.DataFrame:
-    """Plot each labelled adapter's age distribution; writes ``out`` (PNG), its PDF and CSV twins and returns
-    the plotted data (rows: step; columns: label)."""
-    data = pd.DataFrame({label: index_ages(path) for label, path in adapters.items()}).fillna(0.0).sort_index()
+def figure2(adapters: dict[str, list[str | Path]], out: str | Path) -> pd.DataFrame:
+    """Plot each label's age distribution as bars per step (the paper's Figure 2), a label's runs (seeds)
+    averaged; writes ``out`` (PNG), its PDF and CSV twins and returns the data (rows: step; columns: label, and
+    with several runs each run's own ``LABEL #i`` beside the mean)."""
+    runs = {label: [index_ages(path) for path in paths] for label, paths in adapters.items()}
+    columns = {}
+    for label, series in runs.items():
+        frame = pd.concat(series, axis=1).fillna(0.0)
+        columns[label] = frame.mean(axis=1)
+        if len(series) > 1:
+            columns.update({f"{label} #{i + 1}": frame.iloc[:, i] for i in range(len(series))})
+    data = pd.DataFrame(columns).fillna(0.0).sort_index()
+    data.index = data.index.astype(int)
     data.index.name = "step"
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for label in data.columns:
-        ax.plot(data.index, data[label], marker="o", markersize=3, label=label)
-    ax.set_xlabel("step at which the index was last grown")
+    steps = data.index.to_numpy()
+    gap = float(min(b - a for a, b in itertools.pairwise(steps))) if len(steps) > 1 else 1.0
+    width = 0.8 * gap / len(runs)
+    for i, label in enumerate(runs):
+        ax.bar(steps + (i - (len(runs) - 1) / 2) * width, data[label], width=width, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step at which the index was last grown (0: kept from initialisation)")
     ax.set_ylabel("proportion of indices")
-    ax.set_title("Age of the converged indices after Flan v2 (Figure 2)")
-    ax.legend()
+    seeds = sorted({len(series) for series in runs.values()})
+    ax.set_title("Age of the converged indices after Flan v2 (Figure 2)"
+                 + ("" if seeds == [1] else f", mean of {'/'.join(map(str, seeds))} seeds"), fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, data, Path(out), index=True)
     return data
@@ -59,12 +76,45 @@ def figure2(adapters: dict[str, str | Path], out: str | Path) -> pd.DataFrame:
 
 def _save(fig: plt.Figure, data: pd.DataFrame, out: Path, index: bool) -> None:
     """``out`` (PNG, 150 dpi), its PDF and its CSV (the plotted data), each written atomically; closes ``fig``."""
+    save_figure(fig, out)
+    with atomic_open(out.with_suffix(".csv")) as stream:
+        data.to_csv(stream, index=index)
+
+
+def save_figure(fig: plt.Figure, out: Path) -> None:
+    """``out`` (PNG, 150 dpi) and its PDF, each written atomically; closes ``fig``."""
     for path, kwargs in ((out, {"format": "png", "dpi": 150}), (out.with_suffix(".pdf"), {"format": "pdf"})):
         with atomic_open(path, "wb") as stream:
             fig.savefig(stream, **kwargs)
     plt.close(fig)
-    with atomic_open(out.with_suffix(".csv")) as stream:
-        data.to_csv(stream, index=index)
+
+
+VERDICT_COLOURS = {"replicated": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange",
+                   "not measured": "tab:gray"}
+
+
+def plot_audit(claims: pd.DataFrame) -> plt.Figure:
+    """The audit picture: one row per claim (its own unit), our effect with its 95 % interval coloured by verdict,
+    the published effect as a black diamond, the claim's margin as a dotted line."""
+    fig, axes = plt.subplots(len(claims), 1, figsize=(7.5, 0.62 * len(claims) + 0.8), squeeze=False)
+    for ax, row in zip(axes[:, 0], claims.itertuples(index=False), strict=True):
+        colour = VERDICT_COLOURS[row.verdict]
+        if not pd.isna(row.effect):
+            low = row.effect if pd.isna(row.ci_low) else row.ci_low
+            high = row.effect if pd.isna(row.ci_high) else row.ci_high
+            ax.errorbar([row.effect], [0], xerr=[[row.effect - low], [high - row.effect]], fmt="o", color=colour,
+                        capsize=3, label="this run")
+        if not pd.isna(row.published_effect):
+            ax.plot([row.published_effect], [0], "D", color="black", markersize=4, label="paper")
+        ax.axvline(row.margin, color="gray", linestyle=":", linewidth=1)
+        ax.set_yticks([])
+        ax.set_ylim(-1, 1)
+        ax.tick_params(axis="x", labelsize=6, pad=1)
+        ax.text(0.0, 1.02, f"{row.claim} ({row.unit}): {row.verdict}", transform=ax.transAxes, fontsize=7,
+                color=colour, va="bottom")
+    axes[0, 0].set_title("Claims: this run (95 % CI, colour = verdict) vs the paper (◆)", fontsize=9, pad=12)
+    fig.tight_layout(h_pad=0.6)
+    return fig
 
 
 def search_points(selections: dict[tuple[str, str], str | Path]) -> pd.DataFrame:

@@ -9,6 +9,8 @@ for Original and FullIFT, as in the paper.
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 from collections.abc import Collection
 from pathlib import Path
 
@@ -61,48 +63,91 @@ def read_result(path: str | Path, benchmark: str) -> dict:
     return record
 
 
-def build(table: str, sizes: list[str], methods: list[str], root: str | Path = "results/eval",
-          blank_full: Collection[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
-    """(table, sources): the table as in the paper's CSV, and for each ``size/method/column`` its JSON file."""
+def seed_results(files: dict[str, str | Path], option: str = "--result") -> dict[str, list[tuple[int, Path]]]:
+    """``KEY/SEED`` → file arguments grouped by key, each key's (seed, file) pairs in seed order."""
+    grouped: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    for name, path in files.items():
+        key, _, seed = name.rpartition("/")
+        if not key or not seed.isdigit():
+            raise ValueError(f"{option} {name}={path}: expected KEY/SEED=FILE with an integer SEED")
+        grouped[key].append((int(seed), Path(path)))
+    return {key: sorted(runs) for key, runs in grouped.items()}
+
+
+def spread(values: list[float], seeds: list[int]) -> dict:
+    """Mean, sample standard deviation (None for one run) and count of a cell's scores over seeds."""
+    return {"seeds": seeds, "values": values, "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def build(table: str, sizes: list[str], methods: list[str], files: dict[str, str | Path],
+          blank_full: Collection[str] = ()) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
+    """(table, sources, spreads) from ``files`` (``CELL/SEED`` → evaluation file, ``CELL`` as ``Cell.key``): the
+    table as in the paper's CSV, each cell the mean over its seeds; for each ``size/method/column`` its files and
+    the spread of its scores over seeds. A cell without a file, or a file of no cell, is an error naming it."""
+    runs = seed_results(files)
+    expected = cells(table, sizes, methods, blank_full)
+    unknown = sorted(set(runs) - {cell.key for cell in expected})
+    if unknown:
+        raise ValueError(f"--result {unknown[0]}/…: not a cell of {table} (SIZE/METHOD/DATASET/BENCHMARK)")
     frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
     for dataset, benchmark in COLUMNS[table]:
         frame[column_name(dataset, benchmark)] = float("nan")
-    sources = {}
-    for cell in cells(table, sizes, methods, blank_full):
-        path = cell.path(root)
-        value = read_result(path, cell.benchmark)["value"]
+    sources, spreads = {}, {}
+    for cell in expected:
+        if cell.key not in runs:
+            raise ValueError(f"{cell.key}: no evaluation file given (--result {cell.key}/SEED=FILE)")
+        values = [read_result(path, cell.benchmark)["value"] for _, path in runs[cell.key]]
         label, column = method(cell.method).label, column_name(cell.dataset, cell.benchmark)
-        frame.loc[(frame["size"] == cell.size) & (frame["method"] == label), column] = round(value, 2)
-        sources[f"{cell.size}/{label}/{column}"] = str(path)
-    return frame, sources
+        key = f"{cell.size}/{label}/{column}"
+        spreads[key] = spread(values, [seed for seed, _ in runs[cell.key]])
+        frame.loc[(frame["size"] == cell.size) & (frame["method"] == label), column] = round(spreads[key]["mean"], 2)
+        sources[key] = [str(path) for _, path in runs[cell.key]]
+    return frame, sources, spreads
 
 
-def markdown(frame: pd.DataFrame, notes: Collection[str] = ()) -> str:
-    """The table as Markdown with readable headers (dataset / benchmark), empty cells left blank, ``notes`` below."""
+def markdown(frame: pd.DataFrame, notes: Collection[str] = (), spreads: dict[str, dict] | None = None) -> str:
+    """The table as Markdown with readable headers (dataset / benchmark), empty cells left blank, a cell trained
+    with several seeds as mean ± standard deviation (``spreads``, keyed ``size/method/column``), ``notes`` below."""
+    spreads = spreads or {}
     headers = ["Size", "Method"]
     for column in frame.columns[2:]:
         dataset, benchmark = column.rsplit("_", 1)
         headers.append(f"{DATASET_LABELS[dataset.replace('_plus_', '+')]} {BENCHMARK_LABELS[benchmark]}")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in frame.itertuples(index=False):
-        values = [str(row[0]), str(row[1])] + ["" if pd.isna(v) else f"{v:.1f}" for v in row[2:]]
+        values = [str(row[0]), str(row[1])]
+        for column, value in zip(frame.columns[2:], row[2:], strict=True):
+            sd = spreads.get(f"{row[0]}/{row[1]}/{column}", {}).get("sd")
+            values.append("" if pd.isna(value) else f"{value:.1f}" + ("" if sd is None else f" ± {sd:.1f}"))
         lines.append("| " + " | ".join(values) + " |")
+    counts = sorted({s["n"] for s in spreads.values()})
+    if counts and counts != [1]:
+        seeds = sorted({seed for s in spreads.values() for seed in s["seeds"]})
+        notes = [f"Cells: mean ± standard deviation over n = {'/'.join(map(str, counts))} training seeds "
+                 f"({', '.join(map(str, seeds))}).", *notes]
     return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
 
 
-def build_table5(root: str | Path, schedules: list[str], intervals: list[int]
-                 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Table 5: one row per (schedule, S) with MMLU and TyDiQA from ``root/{schedule}-S{S}/{benchmark}.json``."""
-    rows, sources = [], {}
-    for schedule in schedules:
-        for interval in intervals:
-            row: dict = {"schedule": schedule, "update_every_steps": interval}
-            for benchmark in ("mmlu", "tydiqa"):
-                path = Path(root) / f"{schedule}-S{interval}" / f"{benchmark}.json"
-                row[benchmark] = round(read_result(path, benchmark)["value"], 2)
-                sources[f"{schedule}/{interval}/{benchmark}"] = str(path)
-            rows.append(row)
-    return pd.DataFrame(rows), sources
+def build_table5(files: dict[str, str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Table 5 from ``files`` (``SCHEDULE/S/BENCHMARK`` → evaluation file): one row per (schedule, S), in the
+    order given, with MMLU and TyDiQA; a row missing either benchmark is an error naming it."""
+    rows: dict[tuple[str, int], dict] = {}
+    sources = {}
+    for key, path in files.items():
+        schedule, _, rest = key.partition("/")
+        interval, _, benchmark = rest.partition("/")
+        if not interval.isdigit() or benchmark not in ("mmlu", "tydiqa"):
+            raise ValueError(f"--result {key}={path}: expected SCHEDULE/S/BENCHMARK=FILE (BENCHMARK mmlu or tydiqa)")
+        row = rows.setdefault((schedule, int(interval)), {"schedule": schedule, "update_every_steps": int(interval)})
+        row[benchmark] = round(read_result(path, benchmark)["value"], 2)
+        sources[key] = str(path)
+    for (schedule, interval), row in rows.items():
+        missing = [b for b in ("mmlu", "tydiqa") if b not in row]
+        if missing:
+            raise ValueError(f"{schedule}/{interval}: no {missing[0]} result given (--result "
+                             f"{schedule}/{interval}/{missing[0]}=FILE)")
+    return pd.DataFrame(list(rows.values()), columns=["schedule", "update_every_steps", "mmlu", "tydiqa"]), sources
 
 
 TABLE5_NOTE = ("Linear rows replace every entry at the first update t = γ and then ξ(1 − t/T) of them (Eq. 8); "

@@ -32,9 +32,9 @@ use rule evaluate_flan as evaluate_ablation with:
     input:
         model=MODEL,
         adapters=ABLATION_ADAPTER,
-        data=expand(EVAL_DATA, benchmark=["mmlu", "tydiqa"]),
+        data=expand(EVAL_DATA, benchmark=FLAN_BENCHMARKS),
     output:
-        expand(ABLATION_EVAL, benchmark=["mmlu", "tydiqa"], allow_missing=True),
+        expand(ABLATION_EVAL, benchmark=FLAN_BENCHMARKS, allow_missing=True),
     log:
         "logs/ablation/{size}/{schedule}-S{interval}/evaluate.log",
     benchmark:
@@ -44,14 +44,14 @@ use rule evaluate_flan as evaluate_ablation with:
         interval="[0-9]+",
     params:
         benchmarks="mmlu tydiqa",
-        flags=lambda w: evaluate_flags(w, ["mmlu", "tydiqa"], "spiel-ag"),
+        flags=lambda w: evaluate_flags(w, FLAN_BENCHMARKS, "spiel-ag"),
 
 
 rule table5:
     input:
         expand(ABLATION_EVAL, size=ABLATION_SIZE, schedule=ABLATION["schedules"],
                interval=ABLATION["update_intervals"],
-               benchmark=["mmlu", "tydiqa"]),
+               benchmark=FLAN_BENCHMARKS),
     output:
         csv=report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
         md="results/table5.md",
@@ -59,9 +59,11 @@ rule table5:
     log:
         "logs/report/table5.log",
     params:
-        root=lambda w: f"results/ablation/{ABLATION_SIZE}",
-        schedules=" ".join(ABLATION["schedules"]),
-        intervals=" ".join(str(i) for i in ABLATION["update_intervals"]),
+        results=" ".join(f"{schedule}/{interval}/{benchmark}="
+                         + ABLATION_EVAL.format(size=ABLATION_SIZE, schedule=schedule, interval=interval,
+                                                benchmark=benchmark)
+                         for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
+                         for benchmark in FLAN_BENCHMARKS),
     threads: 1
     resources:
         mem_mb=1000,
@@ -69,5 +71,4 @@ rule table5:
     conda:
         ENV
     shell:
-        "python -m spiel table5 --root {params.root} --schedules {params.schedules} "
-        "--intervals {params.intervals} --out {output.csv} > {log} 2>&1"
+        "python -m spiel table5 --result {params.results} --out {output.csv} > {log} 2>&1"

@@ -7,6 +7,8 @@ rule audit:
     output:
         csv=report("results/audit.csv", caption="../report/audit.rst", category="Audit"),
         md=report("results/audit.md", caption="../report/audit.rst", category="Audit"),
+        png=report("results/audit.png", caption="../report/audit.rst", category="Audit"),
+        pdf="results/audit.pdf",
         provenance="results/provenance.json",
     log:
         "logs/report/audit.log",

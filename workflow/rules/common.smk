@@ -22,8 +22,9 @@ ENV = "../../envs/spiel.yaml"
 MODEL = "resources/models/{size}"
 EVAL_DATA = "results/data/eval/{benchmark}.jsonl"
 TRAIN_DATA = "results/data/train/{dataset}.jsonl"
-ADAPTER = "results/adapters/{size}/{dataset}/{method}"
-EVAL = "results/eval/{size}/{dataset}/{method}/{benchmark}.json"
+SEEDS = config.get("seeds", [config["seed"]])  # default: the run's one seed
+ADAPTER = "results/adapters/{size}/{dataset}/{method}/seed-{seed}"
+EVAL = "results/eval/{size}/{dataset}/{method}/seed-{seed}/{benchmark}.json"
 SEARCH = config["search"]
 GRID = SEARCH["grid"]
 SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
@@ -44,6 +45,12 @@ wildcard_constraints:
     dataset="flan|alpaca|tulu",
     benchmark="|".join(BENCHMARKS),
     method="[a-z0-9-]+",
+    seed="[0-9]+",
+
+
+def job_seed(wildcards):
+    """The seed of a job: its ``seed`` wildcard (a Table 1/2 cell's training or evaluation), else the run's."""
+    return int(wildcards.get("seed", config["seed"]))
 
 
 def key_values(mapping):
@@ -56,7 +63,7 @@ def training_settings(wildcards):
     """The one training loop's settings (App. B), the same for every training job of a size (a size may set its
     own checkpoint interval)."""
     per_size = {k: v for k, v in config["models"][wildcards.size].items() if k == "checkpoint_every"}
-    return key_values({**config["training"], **per_size, "seed": config["seed"], "dtype": config["dtype"]})
+    return key_values({**config["training"], **per_size, "seed": job_seed(wildcards), "dtype": config["dtype"]})
 
 
 def size_resource(key, default, per_attempt=False):
@@ -169,10 +176,24 @@ FULLIFT_RELEASED = {f"{size}/{dataset}": spec.get("citation", spec.get("id", spe
                     for size in SIZES for dataset, spec in released_full(size).items()}
 
 
+def cell_seeds(cell):
+    """The training seeds of a table cell: every seed, except for a model that is not trained here (the base
+    model, a released FullIFT model), evaluated once, at the run's seed."""
+    untrained = method(cell.method).kind == "none" or (method(cell.method).kind == "full"
+                                                      and cell.dataset in released_full(cell.size))
+    return [config["seed"]] if untrained else SEEDS
+
+
+def table_evaluations(table):
+    """``CELL/SEED`` → evaluation file of every cell of ``table`` and each of its seeds (``spiel table --result``)."""
+    return {f"{cell.key}/{seed}": EVAL.format(size=cell.size, dataset=cell.evaluated_on, method=cell.method,
+                                              seed=seed, benchmark=cell.benchmark)
+            for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK) for seed in cell_seeds(cell)}
+
+
 def table_inputs(table):
     """The evaluation files behind every cell of ``table``."""
-    methods = config["tables"][table]
-    return [str(cell.path()) for cell in cells(table, SIZES, methods, FULLIFT_BLANK)]
+    return list(table_evaluations(table).values())
 
 
 def final_outputs():
@@ -186,15 +207,51 @@ def final_outputs():
 
 def audit_inputs():
     """Every file the audit reads: the tables with their source records, the evaluations behind Tables 1 and 2
-    (their standard errors), the search selections (Table 4's ranks), Figure 2's data and the memory results."""
+    (per-item scores), the search selections and their evaluations (Table 4's ranks), Figure 2's data and the
+    memory results (brackets and per-step times)."""
     tables = final_outputs()["tables"]
     records = [table.replace(".csv", ".json") for table in tables]
     selections = [SELECTED.format(size=s, method=m) for s in SEARCH_SIZES for m in GRID]
+    searched = [SEARCH_EVAL.format(size=s, method=m, point=p.label) for s in SEARCH_SIZES for m in GRID
+                for p in points(GRID[m])]
     return {"tables": tables, "records": records, "evaluations": table_inputs("table1") + table_inputs("table2"),
-            "selections": selections, "figure2": "results/figure2.csv", "memory": memory_results()}
+            "selections": selections, "searched": searched, "figure2": "results/figure2.csv",
+            "memory": memory_results()}
 
 
 def memory_results():
     """Table 3's memory search results: size × method × activation checkpointing off/on."""
     return expand(MEMORY_RESULT, size=MEMORY_SIZES, method=MEMORY["methods"],
                   checkpointing=["on" if flag else "off" for flag in MEMORY["checkpointing"]])
+
+
+FLAN_BENCHMARKS = ["mmlu", "tydiqa"]
+"""Table 1's columns per training dataset: Flan v2 → MMLU and TyDiQA; GPT4-Alpaca and the composed adapters →
+HumanEval; the base model and Tülu v2 → all five (rules ``evaluate_flan``, ``evaluate_code``, ``evaluate_all``)."""
+
+
+def evaluated_model(wildcards):
+    """A FullIFT run is its own model (trained, or released: models.<size>.full.released); every other method
+    evaluates on the base model."""
+    if method(wildcards.method).kind == "full":
+        if wildcards.dataset in released_full(wildcards.size):
+            return RELEASED_MODEL.format(**wildcards)
+        return ADAPTER.format(**wildcards)
+    return MODEL.format(size=wildcards.size)
+
+
+def adapters(wildcards):
+    if wildcards.dataset == BASE or method(wildcards.method).kind == "full":
+        return []
+    if wildcards.dataset == COMPOSED:
+        return [ADAPTER.format(size=wildcards.size, dataset=d, method=wildcards.method, seed=wildcards.seed)
+                for d in ("tulu", "alpaca")]
+    return [ADAPTER.format(**wildcards)]
+
+
+def evaluate_flags(wildcards, benchmarks, name=None):
+    """dtype, the evaluation seed, NF4 loading and the config's protocol overrides as ``BENCHMARK.KEY=VALUE``."""
+    overrides = {f"{b}.{k}": v for b in benchmarks for k, v in config["protocol"].get(b, {}).items()}
+    # the run's seed, never a training seed: every model is scored on the same items, shots and sampling draws
+    flags = f"--dtype {config['dtype']} --set seed={config['seed']} {key_values(overrides)}"
+    return flags + (" --load-in-4bit" if method(name or wildcards.method).quantized else "")

@@ -1,4 +1,6 @@
-"""Tables 1 and 2 (CSV as in the paper, Markdown, and a JSON naming each cell's evaluation file); Figure 2."""
+"""Tables 1 and 2 (CSV as in the paper, Markdown, and a JSON naming each cell's evaluation files with the spread
+over seeds); Figure 2. Tables 3 and 4 and Figure 4 are built in ``memory.smk`` and ``search.smk``, Table 5 in
+``ablation.smk``, beside the jobs they read."""
 
 
 rule table:
@@ -16,6 +18,7 @@ rule table:
     params:
         sizes=" ".join(SIZES),
         methods=lambda w: " ".join(config["tables"][w.table]),
+        results=lambda w: " ".join(f"{key}={path}" for key, path in table_evaluations(w.table).items()),
         fullift=" ".join(["--fullift-blank", *FULLIFT_BLANK, "--fullift-released",
                           *(shlex.quote(f"{k}={v}") for k, v in FULLIFT_RELEASED.items())]),
     threads: 1
@@ -26,7 +29,7 @@ rule table:
         ENV
     shell:
         "python -m spiel table --table {wildcards.table} --sizes {params.sizes} --methods {params.methods} "
-        "{params.fullift} --out {output.csv} > {log} 2>&1"
+        "{params.fullift} --result {params.results} --out {output.csv} > {log} 2>&1"
 
 
 FIGURE2_METHODS = {"spiel-ag": "SpIEL-AG", "spiel-ma": "SpIEL-MA"}
@@ -34,7 +37,7 @@ FIGURE2_METHODS = {"spiel-ag": "SpIEL-AG", "spiel-ma": "SpIEL-MA"}
 
 rule figure2:
     input:
-        expand(ADAPTER, size=SIZES, dataset="flan", method=list(FIGURE2_METHODS)),
+        expand(ADAPTER, size=SIZES, dataset="flan", method=list(FIGURE2_METHODS), seed=SEEDS),
     output:
         png=report("results/figure2.png", caption="../report/figure2.rst", category="Figures"),
         pdf="results/figure2.pdf",
@@ -42,8 +45,8 @@ rule figure2:
     log:
         "logs/report/figure2.log",
     params:
-        adapters=" ".join(f"'{label} {size}={ADAPTER.format(size=size, dataset='flan', method=name)}'"
-                          for size in SIZES for name, label in FIGURE2_METHODS.items()),
+        adapters=" ".join(f"'{label} {size}={ADAPTER.format(size=size, dataset='flan', method=name, seed=seed)}'"
+                          for size in SIZES for name, label in FIGURE2_METHODS.items() for seed in SEEDS),
     threads: 1
     resources:
         mem_mb=2000,

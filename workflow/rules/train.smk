@@ -1,5 +1,5 @@
-"""One training job per method × size × dataset cell; resumes from its checkpoint after a kill. With
-``search.enabled`` a cell trains with its method's search selection (rule ``select``)."""
+"""One training job per method × size × dataset cell and seed (``seeds``); resumes from its checkpoint after a
+kill. With ``search.enabled`` a cell trains with its method's search selection (rule ``select``)."""
 
 
 rule train:
@@ -10,11 +10,11 @@ rule train:
     output:
         directory(ADAPTER),
     log:
-        "logs/train/{size}/{dataset}/{method}.log",
+        "logs/train/{size}/{dataset}/{method}/seed-{seed}.log",
     benchmark:
-        "benchmarks/train/{size}/{dataset}/{method}.tsv"
+        "benchmarks/train/{size}/{dataset}/{method}/seed-{seed}.tsv"
     params:
-        work="results/work/{size}/{dataset}/{method}",
+        work="results/work/{size}/{dataset}/{method}/seed-{seed}",
         settings=training_settings,
         hp=lambda w: hyperparameters(w),  # wildcards only: a bare function would also get resources, threads
         method=lambda w: w.method,
