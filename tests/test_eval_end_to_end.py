@@ -71,6 +71,12 @@ def test_gsm_and_tydiqa_from_paper_format_files(model_dir, tmp_path):
     assert main(["prepare-eval", "--benchmark", "gsm", "--source", "jsonl", "--out", str(gsm),
                  "--set", f"path={tmp_path / 'test.jsonl'}"]) == 0
     _check(_evaluate(model_dir, tmp_path, "gsm", gsm, "shots=8", "max_items=3"), 3)
+    # the generation path of stop_after_text (spiel.evaluate.lm): each completion as scored holds no stop
+    # sequence after its leading whitespace, and the whole run's blank completions are counted
+    result = _evaluate(model_dir, tmp_path, "gsm", gsm, "shots=1", "max_items=3", "stop_after_text=true")
+    _check(result, 3)
+    assert all("\n" not in s["output"].lstrip() for s in result["samples"])
+    assert result["empty_completions"]["of"] == 3 and result["protocol"]["stop_after_text"] is True
     tydiqa = tmp_path / "tydiqa.jsonl"
     assert main(["prepare-eval", "--benchmark", "tydiqa", "--source", "files", "--out", str(tydiqa),
                  "--set", f"dev={tmp_path / 'dev.json'}", f"train={tmp_path / 'train.json'}"]) == 0

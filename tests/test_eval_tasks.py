@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 from lm_eval.api.model import LM
 
 from spiel.evaluate.protocol import protocol
@@ -39,12 +40,16 @@ class Scripted(LM):
         return out
 
     def generate_until(self, requests):
+        """The scripted completion, cut at the request's ``until`` strings as lm-eval's HFLM cuts its output."""
         out = []
         for request in requests:
             key, completions = self._lookup(request.args[0])
             i = self.calls.get(key, 0)
             self.calls[key] = i + 1
-            out.append(completions[i % len(completions)])
+            text = completions[i % len(completions)]
+            for stop in request.args[1].get("until", []):
+                text = text.split(stop)[0]
+            out.append(text)
         return out
 
     def loglikelihood_rolling(self, requests):
@@ -99,6 +104,46 @@ def test_gsm_exact_match_on_last_number(tmp_path):
     assert sorted(s["extracted"] for s in result["samples"]) == ["1234", "13", "7"]
     assert lm.contexts[0].startswith("Answer the following questions.\nQuestion: 1+1?\nAnswer: 1+1=2. So the answer")
     assert lm.contexts[0].endswith("\nAnswer:")
+
+
+@pytest.mark.parametrize(("after_text", "value", "empty"), [(False, 0.0, 2), (True, 50.0, 0)])
+def test_a_completion_opening_with_a_newline_is_empty_only_without_stop_after_text(tmp_path, after_text, value,
+                                                                                  empty):
+    """GSM stops at "\n": a model that opens with a newline ends its answer at once, unless the stop counts only
+    after the first non-blank character."""
+    items = [{"split": "test", "group": "gsm", "question": q, "answer": a, "source": "fixture"}
+             for q, a in (("Apples?", "4"), ("Pears?", "7"))]
+    write_jsonl(items, tmp_path / "gsm.jsonl")
+    lm = Scripted({"Apples?": ["\n2 + 2 = 4. So the answer is 4.\nQuestion: more"], "Pears?": ["\n\nSo it is 8.\n"]})
+    result = run(lm, tmp_path / "gsm.jsonl", protocol("gsm", {"shots": 0, "stop_after_text": after_text}))
+    assert result["value"] == value and result["empty_completions"] == {"empty": empty, "of": 2}
+    outputs = sorted(s["output"] for s in result["samples"])
+    assert outputs == (["", ""] if not after_text else ["\n\nSo it is 8.", "\n2 + 2 = 4. So the answer is 4."])
+
+
+def test_stop_after_text_stops_each_row_of_a_batch_after_its_first_word():
+    from conftest import CHAT_CORPUS
+
+    from spiel.evaluate.stops import NoEndBeforeText, StopAfterText, truncate
+    from spiel.models import tiny_tokenizer
+
+    assert truncate("\n\n42\nnext", ["\n"], after_text=True) == "\n\n42"
+    assert truncate("\n\n42\nnext", ["\n"], after_text=False) == ""
+    assert truncate("   ", ["\n"], after_text=True) == "   "
+    tokenizer = tiny_tokenizer(CHAT_CORPUS)  # byte-level BPE: newlines and spaces are tokens of their own
+    prompt = tokenizer(["Q: 1+1?"], return_tensors="pt").input_ids
+    rows = [tokenizer("\n", add_special_tokens=False).input_ids, tokenizer("\n2\n", add_special_tokens=False).input_ids]
+    width = max(map(len, rows))
+    pad = tokenizer(" ", add_special_tokens=False).input_ids[0]
+    generated = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # left-padded with blanks
+    ids = torch.cat([prompt.repeat(2, 1), generated], dim=1)
+    done = StopAfterText(tokenizer, ["\n"], prompt.shape[1])(ids, None)
+    assert done.tolist() == [False, True]  # a lone newline goes on; "\n2\n" has its answer and stops
+    scores = torch.zeros(2, len(tokenizer))
+    held = NoEndBeforeText(tokenizer, [tokenizer.eos_token_id], prompt.shape[1])(ids, scores.clone())
+    assert held[0, tokenizer.eos_token_id] == -torch.inf  # no end before the answer's first word
+    end = tokenizer.eos_token_id
+    assert torch.equal(held[1], scores[1]) and torch.equal(held[0, :end], scores[0, :end])
 
 
 def test_bbh_is_the_mean_over_tasks(tmp_path):

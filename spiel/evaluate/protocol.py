@@ -35,6 +35,10 @@ class Protocol:
     """0 = greedy decoding."""
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    stop_after_text: bool = False
+    """Nothing ends a completion before its first non-blank character: a stop sequence counts only after it, and
+    the end-of-sequence token is held back until then (small models that open with a newline or end at once;
+    ``spiel.evaluate.stops``). Off in the paper's protocol."""
     max_context_tokens: int | None = None
     """TyDiQA: passages are cut to this many tokens (of the evaluated model's tokenizer)."""
     timeout_s: float = 10.0
@@ -51,6 +55,8 @@ class Protocol:
     def generation_kwargs(self) -> dict[str, Any]:
         """lm-eval ``generation_kwargs`` for this protocol (greedy unless a temperature is set)."""
         kwargs: dict[str, Any] = {"until": list(self.stop), "max_gen_toks": self.max_new_tokens}
+        if self.stop_after_text:  # lm-eval's own stops would end a completion at its leading newline
+            kwargs.update(until=[], stop_after_text=list(self.stop))
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..provenance import package_versions
+from . import stops
 from .prompts import Truncate, build_docs, score
 from .protocol import Protocol
 from .sandbox import require_isolation
@@ -48,6 +49,8 @@ def _process_docs(dataset, proto: Protocol, truncate: Truncate):
 
 def _process_results(doc: dict, results: list, proto: Protocol) -> dict[str, Any]:
     outputs = results[0] if results and isinstance(results[0], list) else list(results)  # n samples, one request
+    if proto.stop_after_text:
+        outputs = [stops.truncate(output, proto.stop, after_text=True) for output in outputs]
     value, extracted = score(doc, outputs, proto)
     return {"score": value, "extracted": json.dumps(extracted)}
 
@@ -97,7 +100,7 @@ def aggregate(benchmark: str, samples: list[dict]) -> dict[str, Any]:
                        for g, (m, se) in per_group.items()}}
 
 
-def _sample_log(raw: dict) -> dict[str, Any]:
+def _sample_log(raw: dict, proto: Protocol) -> dict[str, Any]:
     doc = raw["doc"]
     record = {"doc_id": raw["doc_id"], "group": doc["group"], "prompt": raw["arguments"][0][0],
               "target": doc["target"]}
@@ -107,6 +110,8 @@ def _sample_log(raw: dict) -> dict[str, Any]:
                       score=float(raw["acc"]))
     else:
         outputs = list(raw["resps"][0])
+        if proto.stop_after_text:  # the completion as scored
+            outputs = [stops.truncate(output, proto.stop, after_text=True) for output in outputs]
         record.update(output=outputs if len(outputs) > 1 else outputs[0], extracted=json.loads(raw["extracted"]),
                       score=float(raw["score"]))
     return record
@@ -128,11 +133,14 @@ def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_tr
                              log_samples=True, bootstrap_iters=0, random_seed=proto.seed,
                              numpy_random_seed=proto.seed, torch_random_seed=proto.seed,
                              fewshot_random_seed=proto.seed, verbosity="WARNING")
-    samples = [_sample_log(raw) for raw in output["samples"][task.task_name]]
+    samples = [_sample_log(raw, proto) for raw in output["samples"][task.task_name]]
     seconds = time.perf_counter() - start
     record = {"benchmark": proto.benchmark, "metric": METRIC[proto.benchmark], **aggregate(proto.benchmark, samples),
               "protocol": proto.settings(), "data_file": str(data_file), "seconds": seconds,
               "items_per_second": len(samples) / seconds, "versions": package_versions(), "samples": samples}
     if sandbox:
         record["sandbox"] = sandbox
+    if proto.benchmark != "mmlu":  # generation: how many completions are blank (nothing to score)
+        completions = [o for s in samples for o in (s["output"] if isinstance(s["output"], list) else [s["output"]])]
+        record["empty_completions"] = {"empty": sum(not o.strip() for o in completions), "of": len(completions)}
     return record
