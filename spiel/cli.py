@@ -97,6 +97,8 @@ def _prepare_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="*", default=[], help="prepared evaluation JSONL files to decontaminate against")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
+    p.add_argument("--heldout", type=int, default=0, help="conversations held out of training (drawn with --seed)")
+    p.add_argument("--heldout-out", help="where the held-out conversations go (JSONL; needed with --heldout)")
 
 
 @command("prepare-train", _prepare_train_arguments, help="write one instruction-tuning dataset as conversations JSONL",
@@ -104,14 +106,24 @@ def _prepare_train_arguments(p: argparse.ArgumentParser) -> None:
                      "dataset), drop examples overlapping evaluation items, write JSONL.")
 def cmd_prepare_train(args: argparse.Namespace) -> None:
     from .decontamination import decontaminate
-    from .instruct import rows_for
+    from .heldout import split
+    from .instruct import DEFAULT_STANDIN, rows_for
     from .provenance import write_jsonl
 
+    if args.heldout and not args.heldout_out:
+        raise ValueError("--heldout needs --heldout-out (where the held-out conversations go)")
     spec = {"source": args.source, **_key_values(args.set)}
+    if args.heldout and "n" in spec:  # n conversations to train on, the held-out ones besides
+        spec["n"] = int(spec["n"]) + args.heldout
+    elif args.heldout and args.source == "standin":
+        spec["n"] = DEFAULT_STANDIN + args.heldout
     rows, dropped = decontaminate(rows_for(args.dataset, spec, args.seed), [Path(p) for p in args.exclude])
+    rows, heldout = split(rows, args.heldout, args.seed)
     write_jsonl(rows, Path(args.out))
-    print(f"{args.dataset}: {len(rows)} conversations → {args.out} ({dropped} dropped as overlapping evaluation "
-          f"items of {len(args.exclude)} file(s))")
+    if args.heldout_out:
+        write_jsonl(heldout, Path(args.heldout_out))
+    print(f"{args.dataset}: {len(rows)} conversations → {args.out}, {len(heldout)} held out "
+          f"({dropped} dropped as overlapping evaluation items of {len(args.exclude)} file(s))")
 
 
 def _training(args: argparse.Namespace, hp: dict) -> tuple[dict, TrainConfig]:
@@ -255,6 +267,39 @@ def _selections(pairs: list[str]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _heldout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="local Hugging Face model folder")
+    p.add_argument("--adapter", nargs="*", default=[], help="adapter folder(s): SpIEL or peft; several compose")
+    p.add_argument("--data", required=True, help="held-out conversations JSONL (`prepare-train --heldout-out`)")
+    p.add_argument("--max-length", type=int, required=True, help="tokens per conversation, as in training")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when visible")
+    p.add_argument("--out", required=True, help="result JSON (mean loss, stderr, one sample per conversation)")
+
+
+@command("heldout", _heldout_arguments, help="score a model (with adapters) by its loss on held-out conversations",
+         description="Mean cross-entropy per target token (assistant replies, as in training) of every held-out "
+                     "conversation, with its standard error over conversations.")
+def cmd_heldout(args: argparse.Namespace) -> None:
+    import torch
+
+    from .adapters import adapter_type, apply_adapters, check_model_folder, load_base
+    from .heldout import score
+    from .provenance import write_json_atomic
+
+    check_model_folder(args.model)
+    for adapter in args.adapter:
+        adapter_type(adapter)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit, device=args.device)
+    model = apply_adapters(model, args.adapter, merge=not args.load_in_4bit).eval()
+    result = score(model, tokenizer, Path(args.data), args.max_length)
+    result.update(model=str(args.model), adapters=[str(a) for a in args.adapter], dtype=args.dtype)
+    write_json_atomic(result, args.out)
+    print(json.dumps({k: result[k] for k in ("benchmark", "value", "stderr", "n_items")}), flush=True)
+
+
 def _select_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True)
     p.add_argument("--grid", required=True, help="the method's grid as JSON: lr, rank, weight_decay, lambda_rank")
@@ -376,6 +421,25 @@ def cmd_table(args: argparse.Namespace) -> None:
     notes = fullift_notes(args.table, args.fullift_blank, released) if "full" in args.methods else []
     _write_table(frame, markdown(frame, notes, spreads),
                  {"table": args.table, "sources": sources, "spread": spreads, "notes": notes}, Path(args.out))
+
+
+def _table1h_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--result", nargs="+", required=True, metavar="SIZE/METHOD/SPLIT/SEED=FILE",
+                   help="the `heldout` result of every row, training set's split and seed")
+    p.add_argument("--out", required=True)
+
+
+@command("table1h", _table1h_arguments, help="build Table 1's held-out loss extension from `heldout` results",
+         description="Write OUT (CSV: Table 1's rows, a held-out loss column per training set), its .md "
+                     "(loss ± noise) and .json (files and spread) twins.")
+def cmd_table1h(args: argparse.Namespace) -> None:
+    from .report.tables import build_heldout, markdown_heldout
+
+    frame, sources, spreads = build_heldout(args.sizes, args.methods, _pairs(args.result, "--result"))
+    _write_table(frame, markdown_heldout(frame, spreads), {"table": "table1h", "sources": sources,
+                                                           "spread": spreads}, Path(args.out))
 
 
 def _table3_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,6 +37,8 @@ FLAN_FAMILIES = (
 tasks word_sorting / object_counting are evaluated), ``gsm_symbolic`` (the GSM stand-in) and code I/O."""
 
 STANDINS = ("flan", "alpaca", "tulu")
+DEFAULT_STANDIN = 64
+"""Conversations of a stand-in when ``train_data.<name>.n`` is not given."""
 
 
 def _chat(user: str, assistant: str, source: str) -> Conversation:
@@ -157,7 +159,7 @@ def rows_for(name: str, spec: dict[str, Any], seed: int) -> list[Conversation]:
     """The conversations ``train_data.<name>`` names: ``source`` standin | file (``path``) | hub (``id``)."""
     source = spec.get("source", "standin")
     if source == "standin":
-        return standin(name, int(spec.get("n", 64)), seed)
+        return standin(name, int(spec.get("n", DEFAULT_STANDIN)), seed)
     if source == "file":
         if not spec.get("path"):
             raise TrainDataError(f"train_data.{name}.path: required for source 'file'")

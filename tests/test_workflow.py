@@ -26,7 +26,8 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
             if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code",
                                                     "train_ablation", "evaluate_ablation", "train_search",
-                                                    "evaluate_search", "select_stage1", "select", "memory")}
+                                                    "evaluate_search", "select_stage1", "select", "memory",
+                                                    "heldout", "table1h")}
     sizes = 2 if configfile == "config/paper.yaml" else 1
     # Table 1-2 cells train and evaluate once per seed (micro: 2 seeds; the untrained base model once); search,
     # memory and ablation once
@@ -44,7 +45,9 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
     # Table 3 per size: 6 methods × checkpointing off/on (micro: LoRA and SpIEL-AG, off only)
     memory = 2 if configfile == ".test/config.yaml" else 6 * 2
-    want = {**{k: v * sizes for k, v in {**expected, **search, "memory": memory}.items()},
+    # held-out loss (not in the paper config): the base model on the 3 splits once, 5 trained rows on theirs per seed
+    heldout = {} if configfile == "config/paper.yaml" else {"heldout": 3 + 5 * 3 * seeds, "table1h": 1}
+    want = {**{k: v * sizes for k, v in {**expected, **search, "memory": memory, **heldout}.items()},
             "train_ablation": ablations, "evaluate_ablation": ablations}
     if configfile == "config/paper.yaml":
         # paper Table 1: Tülu v2 FullIFT is the released Tülu 2 model (evaluated, not trained) at both sizes;
@@ -141,6 +144,21 @@ def test_conda_environment_pins_match_requirements():
                     if line and not line.startswith("#") and line != "-e ."]
     environment = yaml.safe_load((ROOT / "envs/spiel.yaml").read_text())
     assert environment["dependencies"][-1]["pip"] == requirements
+
+
+def test_micro_config_scores_every_table1_row_on_the_heldout_splits(micro):
+    table = pd.read_csv(micro / "results/table1h.csv")
+    assert list(table["method"]) == ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]
+    assert list(table.columns[2:]) == ["flan_heldout_loss", "alpaca_heldout_loss", "tulu_heldout_loss"]
+    record = json.loads((micro / "results/table1h.json").read_text())
+    for row in table.itertuples(index=False):
+        for column in table.columns[2:]:
+            key = f"{row.size}/{row.method}/{column}"
+            results = [json.loads((micro / path).read_text()) for path in record["sources"][key]]
+            assert len(results) == (1 if row.method == "Original" else 2)  # seeds 7 and 8
+            assert getattr(row, column) == round(sum(r["value"] for r in results) / len(results), 4)
+            assert all(0 < r["n_items"] <= 4 and r["value"] > 0 for r in results)  # heldout: 4 in .test/config.yaml
+    assert "held-out loss" in (micro / "results/table1h.md").read_text()
 
 
 def test_micro_config_draws_figure2_from_its_flan_adapters(micro):

@@ -231,3 +231,67 @@ def markdown_table3(frame: pd.DataFrame) -> str:
         lines.append(f"| {size} | {label} | {pair(rows, 'memory_gb')} | {pair(rows, 'seconds_per_step')} |")
     devices = "; ".join(sorted(set(frame["device"] + " — " + frame["mechanism"])))
     return "\n".join(lines) + f"\n\nMeasured on: {devices}.\n"
+
+
+HELDOUT_SPLITS = {"flan": "Flan v2", "alpaca": "GPT4-Alpaca", "tulu": "Tülu v2"}
+
+
+def read_heldout(path: str | Path) -> dict:
+    """A held-out loss file (``spiel heldout``): its value and standard error finite and ≥ 0."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no held-out result (its job has not run)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not a held-out result (JSON)") from None
+    if not isinstance(record, dict) or record.get("benchmark") != "heldout":
+        raise ValueError(f"{path}: not a held-out loss result")
+    for key in ("value", "stderr"):
+        number = record.get(key)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < float("inf"):
+            raise ValueError(f"{path}: {key}={number!r} is not a loss")
+    return record
+
+
+def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | Path]
+                  ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
+    """The held-out extension of Table 1 from ``files`` (``SIZE/METHOD/SPLIT/SEED`` → ``spiel heldout`` result):
+    rows as Table 1's, a column per training set's held-out split, each cell the mean over its seeds; spreads
+    keyed ``size/label/column`` with each run's standard error."""
+    runs = seed_results(files)
+    frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
+    for split in HELDOUT_SPLITS:
+        frame[f"{split}_heldout_loss"] = float("nan")
+    sources, spreads = {}, {}
+    for key, seeded in runs.items():
+        size, name, split = key.split("/")
+        if size not in sizes or name not in methods or split not in HELDOUT_SPLITS:
+            raise ValueError(f"--result {key}/…: not a row of {sizes} × {methods} on a split of "
+                             f"{', '.join(HELDOUT_SPLITS)}")
+        records = [read_heldout(path) for _, path in seeded]
+        label, column = method(name).label, f"{split}_heldout_loss"
+        cell = f"{size}/{label}/{column}"
+        spreads[cell] = {**spread([r["value"] for r in records], [seed for seed, _ in seeded]),
+                         "stderr": [r["stderr"] for r in records]}
+        frame.loc[(frame["size"] == size) & (frame["method"] == label), column] = round(spreads[cell]["mean"], 4)
+        sources[cell] = [str(path) for _, path in seeded]
+    return frame, sources, spreads
+
+
+def markdown_heldout(frame: pd.DataFrame, spreads: dict[str, dict]) -> str:
+    """The held-out table: loss ± standard error (one seed) or ± standard deviation over seeds."""
+    lines = ["| Size | Method | " + " | ".join(f"{label} held-out loss" for label in HELDOUT_SPLITS.values()) + " |",
+             "|---|---|" + "---|" * len(HELDOUT_SPLITS)]
+    for row in frame.itertuples(index=False):
+        values = []
+        for column, value in zip(frame.columns[2:], row[2:], strict=True):
+            record = spreads.get(f"{row.size}/{row.method}/{column}")
+            noise = None if record is None else (record["sd"] if record["n"] > 1 else record["stderr"][0])
+            values.append("" if pd.isna(value) else f"{value:.3f} ± {noise:.3f}")
+        lines.append(f"| {row.size} | {row.method} | " + " | ".join(values) + " |")
+    seeds = sorted({s["n"] for s in spreads.values()})
+    noise = ("standard error over conversations (one seed)" if seeds == [1] else
+             f"standard deviation over n = {'/'.join(map(str, seeds))} seeds (one seed: standard error)")
+    return ("\n".join(lines) + f"\n\nLoss in nats per target token on each training set's held-out conversations "
+            f"(lower is better; not in the paper); ± {noise}.\n")

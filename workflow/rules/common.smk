@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 
 from spiel.methods import check_hyperparameters, method
 from spiel.options import build
-from spiel.report.cells import BASE, COMPOSED, cells
+from spiel.report.cells import BASE, COMPOSED, Cell, cells
 from spiel.search import points, searched_as
 
 SIZES = list(config["models"])
@@ -22,6 +22,8 @@ ENV = "../../envs/spiel.yaml"
 MODEL = "resources/models/{size}"
 EVAL_DATA = "results/data/eval/{benchmark}.jsonl"
 TRAIN_DATA = "results/data/train/{dataset}.jsonl"
+HELDOUT_DATA = "results/data/heldout/{dataset}.jsonl"
+HELDOUT_EVAL = "results/heldout/{size}/{dataset}/{method}/seed-{seed}/{split}.json"
 SEEDS = config.get("seeds", [config["seed"]])  # default: the run's one seed
 ADAPTER = "results/adapters/{size}/{dataset}/{method}/seed-{seed}"
 EVAL = "results/eval/{size}/{dataset}/{method}/seed-{seed}/{benchmark}.json"
@@ -191,6 +193,22 @@ def table_evaluations(table):
             for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK) for seed in cell_seeds(cell)}
 
 
+def heldout_evaluations():
+    """``SIZE/METHOD/SPLIT/SEED`` → held-out loss file of every Table 1 row on each training set's held-out split
+    (the base model on all three; a trained cell on its own dataset's; blank FullIFT cells skipped)."""
+    out = {}
+    for size in SIZES:
+        for name in config["tables"]["table1"]:
+            for split in DATASETS:
+                if method(name).kind == "full" and f"{size}/{split}" in FULLIFT_BLANK:
+                    continue
+                cell = Cell(size, name, split, "heldout")
+                for seed in cell_seeds(cell):
+                    out[f"{size}/{name}/{split}/{seed}"] = HELDOUT_EVAL.format(
+                        size=size, dataset=cell.evaluated_on, method=name, seed=seed, split=split)
+    return out
+
+
 def table_inputs(table):
     """The evaluation files behind every cell of ``table``."""
     return list(table_evaluations(table).values())
@@ -201,6 +219,7 @@ def final_outputs():
     tables = ["results/table1.csv", "results/table2.csv", *(["results/table3.csv"] if MEMORY["methods"] else []),
               *(["results/table4.csv"] if GRID else []),
               *(["results/table5.csv"] if ABLATION["update_intervals"] else [])]
+    tables += ["results/table1h.csv"] if config["heldout"] else []
     figures = ["results/figure2.png", *(["results/figure4.png"] if GRID else [])]
     return {"tables": tables, "figures": figures, "audit": "results/audit.md"}
 

@@ -1,4 +1,4 @@
-"""Base models, evaluation data and the three instruction-tuning datasets."""
+"""Base models, evaluation data and the three instruction-tuning datasets (with their held-out splits)."""
 
 
 rule prepare_model:
@@ -58,13 +58,16 @@ rule prepare_train:
     input:
         expand(EVAL_DATA, benchmark=BENCHMARKS),
     output:
-        TRAIN_DATA,
+        train=TRAIN_DATA,
+        **({"heldout": HELDOUT_DATA} if config["heldout"] else {}),
     log:
         "logs/prepare_train/{dataset}.log",
     params:
         source=lambda w: config["train_data"][w.dataset]["source"],
         options=lambda w: key_values({k: v for k, v in config["train_data"][w.dataset].items() if k != "source"}),
         seed=config["seed"],
+        heldout=lambda w: f"--heldout {config['heldout']} --heldout-out {HELDOUT_DATA.format(**w)}"
+        if config["heldout"] else "",
     threads: 1
     # a real dataset is held in memory whole: `python -m spiel.bench_data` on a synthetic Tülu v2 (326k
     # conversations, 241M words) peaks at 2.0 GB and decontaminates in 81 s (+ 14 s for the index) on one core
@@ -76,4 +79,5 @@ rule prepare_train:
         ENV
     shell:
         "python -m spiel prepare-train --dataset {wildcards.dataset} --source {params.source} "
-        "--set {params.options} --seed {params.seed} --exclude {input} --out {output} > {log} 2>&1"
+        "--set {params.options} --seed {params.seed} --exclude {input} --out {output.train} {params.heldout} "
+        "> {log} 2>&1"
