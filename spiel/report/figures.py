@@ -106,6 +106,10 @@ def plot_audit(claims: pd.DataFrame) -> plt.Figure:
                         capsize=3, label="this run")
         if not pd.isna(row.published_effect):
             ax.plot([row.published_effect], [0], "D", color="black", markersize=4, label="paper")
+        if pd.isna(row.effect) and pd.isna(row.published_effect):
+            ax.text(0.5, 0.0, "no data on either side", transform=ax.get_yaxis_transform(), ha="center",
+                    va="center", fontsize=7, color="gray")
+            ax.set_xticks([])
         ax.axvline(row.margin, color="gray", linestyle=":", linewidth=1)
         ax.set_yticks([])
         ax.set_ylim(-1, 1)
