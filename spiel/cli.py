@@ -484,8 +484,9 @@ def _table5_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_table5(args: argparse.Namespace) -> None:
     from .report.tables import build_table5, markdown_table5
 
-    frame, sources = build_table5(_pairs(args.result, "--result"))
-    _write_table(frame, markdown_table5(frame), {"table": "table5", "sources": sources}, Path(args.out))
+    frame, sources, errors = build_table5(_pairs(args.result, "--result"))
+    _write_table(frame, markdown_table5(frame, errors), {"table": "table5", "sources": sources, "stderr": errors},
+                 Path(args.out))
 
 
 def _figure2_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from spiel import data
@@ -58,3 +59,29 @@ def test_the_heldout_loss_is_the_training_loss_per_target_token(training_setup, 
     mean = sum(losses) / 3
     assert math.isclose(result["value"], mean)
     assert math.isclose(result["stderr"], math.sqrt(sum((x - mean) ** 2 for x in losses) / 2 / 3))
+
+
+def test_the_heldout_table_pairs_each_method_with_original_on_the_same_conversations(tmp_path):
+    from spiel.report.tables import build_heldout, markdown_heldout
+
+    def result(name, scores):
+        path = tmp_path / f"{name}.json"
+        samples = [{"doc_id": i, "score": x} for i, x in enumerate(scores, 1)]
+        mean = sum(scores) / len(scores)
+        path.write_text(json.dumps({"benchmark": "heldout", "value": mean, "stderr": 0.5, "data_file": "h.jsonl",
+                                    "samples": samples}))
+        return path
+
+    files = {"s/original/flan/1": result("base", [1.0, 2.0, 3.0]),
+             "s/lora/flan/1": result("lora1", [0.5, 2.0, 2.0]),  # differences −0.5, 0, −1
+             "s/lora/flan/2": result("lora2", [1.0, 1.0, 2.0])}  # differences 0, −1, −1
+    frame, _, spreads = build_heldout(["s"], ["original", "lora"], files)
+    delta = spreads["s/LoRA/flan_heldout_loss"]["delta"]
+    assert delta["runs"] == pytest.approx([-0.5, -2 / 3])
+    assert delta["stderr"][0] == pytest.approx(0.5 / math.sqrt(3))  # sd of (−0.5, 0, −1) is 0.5
+    assert delta["mean"] == pytest.approx(-7 / 12) and delta["noise"] == pytest.approx(math.sqrt(2) / 12)
+    assert frame["flan_heldout_delta"].tolist()[1] == round(-7 / 12, 4) and math.isnan(frame["flan_heldout_delta"][0])
+    assert "(Δ -0.583 ± 0.118)" in markdown_heldout(frame, spreads)
+    files["s/lora/flan/2"] = result("short", [1.0, 1.0])  # another held-out file: not paired, an error
+    with pytest.raises(ValueError, match="scored other conversations than the reference"):
+        build_heldout(["s"], ["original", "lora"], files)

@@ -147,6 +147,11 @@ def test_a_cell_is_the_mean_over_its_seeds_and_the_markdown_shows_the_spread(tmp
     assert "mean ± standard deviation over n = 3 training seeds (1, 2, 3)" in text
     with pytest.raises(ValueError, match="no evaluation file given"):
         build("table2", ["s"], ["lora"], {k: v for k, v in files.items() if not k.startswith("s/lora/flan/mmlu")})
+    # one seed: the cell shows its run's standard error over items
+    one = {key: path for key, path in files.items() if key.endswith("/1")}
+    frame, _, spreads = build("table2", ["s"], ["lora"], one)
+    text = markdown(frame, spreads=spreads)
+    assert "| s | LoRA | 44.0 ± 1.0 |" in text and "score ± standard error over items (one training seed: 1)" in text
 
 
 def test_table_rejects_a_malformed_fullift_cell(tmp_path, capsys):

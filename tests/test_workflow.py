@@ -149,15 +149,22 @@ def test_conda_environment_pins_match_requirements():
 def test_micro_config_scores_every_table1_row_on_the_heldout_splits(micro):
     table = pd.read_csv(micro / "results/table1h.csv")
     assert list(table["method"]) == ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]
-    assert list(table.columns[2:]) == ["flan_heldout_loss", "alpaca_heldout_loss", "tulu_heldout_loss"]
+    assert list(table.columns[2:]) == [f"{split}_heldout_{kind}" for split in ("flan", "alpaca", "tulu")
+                                       for kind in ("loss", "delta")]
     record = json.loads((micro / "results/table1h.json").read_text())
     for row in table.itertuples(index=False):
-        for column in table.columns[2:]:
+        for column in table.columns[2::2]:
             key = f"{row.size}/{row.method}/{column}"
             results = [json.loads((micro / path).read_text()) for path in record["sources"][key]]
             assert len(results) == (1 if row.method == "Original" else 2)  # seeds 7 and 8
             assert getattr(row, column) == round(sum(r["value"] for r in results) / len(results), 4)
             assert all(0 < r["n_items"] <= 4 and r["value"] > 0 for r in results)  # heldout: 4 in .test/config.yaml
+            base = json.loads((micro / record["sources"][f"{row.size}/Original/{column}"][0]).read_text())
+            reference = {s["doc_id"]: s["score"] for s in base["samples"]}
+            changes = [sum(s["score"] - reference[s["doc_id"]] for s in r["samples"]) / len(reference)
+                       for r in results]
+            delta = getattr(row, column.replace("_loss", "_delta"))
+            assert pd.isna(delta) if row.method == "Original" else delta == round(sum(changes) / len(changes), 4)
     assert "held-out loss" in (micro / "results/table1h.md").read_text()
 
 
@@ -181,11 +188,14 @@ def test_micro_config_produces_table5_from_its_evaluation_files(micro):
     assert list(table.columns) == list(pd.read_csv(micro / "config/paper_results/table5.csv").columns)
     assert list(zip(table["schedule"], table["update_every_steps"], strict=True)) == [
         ("linear", 1), ("linear", 2), ("cosine", 1), ("cosine", 2)]
-    sources = json.loads((micro / "results/table5.json").read_text())["sources"]
+    record = json.loads((micro / "results/table5.json").read_text())
+    text = (micro / "results/table5.md").read_text()
     for row in table.itertuples(index=False):
         for benchmark in ("mmlu", "tydiqa"):
-            path = micro / sources[f"{row.schedule}/{row.update_every_steps}/{benchmark}"]
-            assert getattr(row, benchmark) == round(json.loads(path.read_text())["value"], 2)
+            key = f"{row.schedule}/{row.update_every_steps}/{benchmark}"
+            result = json.loads((micro / record["sources"][key]).read_text())
+            assert getattr(row, benchmark) == round(result["value"], 2) and record["stderr"][key] == result["stderr"]
+            assert f"{result['value']:.1f} ± {result['stderr']:.1f}" in text
     summary = json.loads((micro / "results/ablation/tiny/cosine-S2/adapter/train_summary.json").read_text())
     assert summary["config"]["hp"]["schedule"] == "cosine" and summary["config"]["hp"]["update_interval"] == 2
 

@@ -9,6 +9,7 @@ for Original and FullIFT, as in the paper.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Collection
@@ -97,18 +98,20 @@ def build(table: str, sizes: list[str], methods: list[str], files: dict[str, str
     for cell in expected:
         if cell.key not in runs:
             raise ValueError(f"{cell.key}: no evaluation file given (--result {cell.key}/SEED=FILE)")
-        values = [read_result(path, cell.benchmark)["value"] for _, path in runs[cell.key]]
+        records = [read_result(path, cell.benchmark) for _, path in runs[cell.key]]
         label, column = method(cell.method).label, column_name(cell.dataset, cell.benchmark)
         key = f"{cell.size}/{label}/{column}"
-        spreads[key] = spread(values, [seed for seed, _ in runs[cell.key]])
+        spreads[key] = {**spread([r["value"] for r in records], [seed for seed, _ in runs[cell.key]]),
+                        "stderr": [r["stderr"] for r in records]}
         frame.loc[(frame["size"] == cell.size) & (frame["method"] == label), column] = round(spreads[key]["mean"], 2)
         sources[key] = [str(path) for _, path in runs[cell.key]]
     return frame, sources, spreads
 
 
 def markdown(frame: pd.DataFrame, notes: Collection[str] = (), spreads: dict[str, dict] | None = None) -> str:
-    """The table as Markdown with readable headers (dataset / benchmark), empty cells left blank, a cell trained
-    with several seeds as mean ± standard deviation (``spreads``, keyed ``size/method/column``), ``notes`` below."""
+    """The table as Markdown with readable headers (dataset / benchmark), empty cells left blank, every cell with
+    its noise (``spreads``, keyed ``size/method/column``): mean ± standard deviation over several seeds, score ±
+    its standard error over items for one; ``notes`` below."""
     spreads = spreads or {}
     headers = ["Size", "Method"]
     for column in frame.columns[2:]:
@@ -118,36 +121,53 @@ def markdown(frame: pd.DataFrame, notes: Collection[str] = (), spreads: dict[str
     for row in frame.itertuples(index=False):
         values = [str(row[0]), str(row[1])]
         for column, value in zip(frame.columns[2:], row[2:], strict=True):
-            sd = spreads.get(f"{row[0]}/{row[1]}/{column}", {}).get("sd")
-            values.append("" if pd.isna(value) else f"{value:.1f}" + ("" if sd is None else f" ± {sd:.1f}"))
+            noise = _noise(spreads.get(f"{row[0]}/{row[1]}/{column}"))
+            values.append("" if pd.isna(value) else f"{value:.1f}" + ("" if noise is None else f" ± {noise:.1f}"))
         lines.append("| " + " | ".join(values) + " |")
-    counts = sorted({s["n"] for s in spreads.values()})
-    if counts and counts != [1]:
-        seeds = sorted({seed for s in spreads.values() for seed in s["seeds"]})
-        notes = [f"Cells: mean ± standard deviation over n = {'/'.join(map(str, counts))} training seeds "
-                 f"({', '.join(map(str, seeds))}).", *notes]
+    if spreads:
+        notes = [f"Cells: {_noise_note(spreads.values())}.", *notes]
     return "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
 
 
-def build_table5(files: dict[str, str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Table 5 from ``files`` (``SCHEDULE/S/BENCHMARK`` → evaluation file): one row per (schedule, S), in the
-    order given, with MMLU and TyDiQA; a row missing either benchmark is an error naming it."""
+def _noise(record: dict | None) -> float | None:
+    """A cell's noise: the standard deviation of its scores over seeds, or its one run's standard error."""
+    if record is None:
+        return None
+    return record["sd"] if record["n"] > 1 else (record.get("stderr") or [None])[0]
+
+
+def _noise_note(spreads: Collection[dict], items: str = "items") -> str:
+    """What the ± of a table's cells is: over seeds where a cell has several runs, over ``items`` where one."""
+    counts = sorted({s["n"] for s in spreads})
+    seeds = ", ".join(map(str, sorted({seed for s in spreads for seed in s["seeds"]})))
+    if counts == [1]:
+        return f"score ± standard error over {items} (one training seed: {seeds})"
+    one = f"; a cell of one run: ± its standard error over {items}" if 1 in counts else ""
+    return f"mean ± standard deviation over n = {'/'.join(map(str, counts))} training seeds ({seeds}){one}"
+
+
+def build_table5(files: dict[str, str | Path]) -> tuple[pd.DataFrame, dict[str, str], dict[str, float]]:
+    """(table, sources, standard errors) from ``files`` (``SCHEDULE/S/BENCHMARK`` → evaluation file): one row per
+    (schedule, S), in the order given, with MMLU and TyDiQA; a row missing either benchmark is an error naming
+    it. Sources and standard errors are keyed as ``files``."""
     rows: dict[tuple[str, int], dict] = {}
-    sources = {}
+    sources, errors = {}, {}
     for key, path in files.items():
         schedule, _, rest = key.partition("/")
         interval, _, benchmark = rest.partition("/")
         if not interval.isdigit() or benchmark not in ("mmlu", "tydiqa"):
             raise ValueError(f"--result {key}={path}: expected SCHEDULE/S/BENCHMARK=FILE (BENCHMARK mmlu or tydiqa)")
         row = rows.setdefault((schedule, int(interval)), {"schedule": schedule, "update_every_steps": int(interval)})
-        row[benchmark] = round(read_result(path, benchmark)["value"], 2)
-        sources[key] = str(path)
+        record = read_result(path, benchmark)
+        row[benchmark] = round(record["value"], 2)
+        sources[key], errors[key] = str(path), record["stderr"]
     for (schedule, interval), row in rows.items():
         missing = [b for b in ("mmlu", "tydiqa") if b not in row]
         if missing:
             raise ValueError(f"{schedule}/{interval}: no {missing[0]} result given (--result "
                              f"{schedule}/{interval}/{missing[0]}=FILE)")
-    return pd.DataFrame(list(rows.values()), columns=["schedule", "update_every_steps", "mmlu", "tydiqa"]), sources
+    frame = pd.DataFrame(list(rows.values()), columns=["schedule", "update_every_steps", "mmlu", "tydiqa"])
+    return frame, sources, errors
 
 
 TABLE5_NOTE = ("Linear rows replace every entry at the first update t = γ and then ξ(1 − t/T) of them (Eq. 8); "
@@ -155,11 +175,14 @@ TABLE5_NOTE = ("Linear rows replace every entry at the first update t = γ and t
                "authors' cosine schedule does (AlanAnsell/peft, `tuners/sft/trainer.py`).")
 
 
-def markdown_table5(frame: pd.DataFrame) -> str:
+def markdown_table5(frame: pd.DataFrame, errors: dict[str, float]) -> str:
+    """Table 5 as Markdown, every score ± its standard error over items (``errors`` from ``build_table5``)."""
     lines = ["| Schedule | S | MMLU | TyDiQA |", "|---|---|---|---|"]
-    lines += [f"| {r.schedule} | {r.update_every_steps} | {r.mmlu:.1f} | {r.tydiqa:.1f} |"
-              for r in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n\n" + TABLE5_NOTE + "\n"
+    for r in frame.itertuples(index=False):
+        key = f"{r.schedule}/{r.update_every_steps}"
+        lines.append(f"| {r.schedule} | {r.update_every_steps} | {r.mmlu:.1f} ± {errors[key + '/mmlu']:.1f} | "
+                     f"{r.tydiqa:.1f} ± {errors[key + '/tydiqa']:.1f} |")
+    return "\n".join(lines) + "\n\nScores ± standard error over items (one training run each). " + TABLE5_NOTE + "\n"
 
 
 def build_table4(selections: dict[tuple[str, str], str | Path], full_lr: dict[str, float]
@@ -254,44 +277,80 @@ def read_heldout(path: str | Path) -> dict:
     return record
 
 
-def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | Path]
+def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | Path], reference: str = "original"
                   ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
     """The held-out extension of Table 1 from ``files`` (``SIZE/METHOD/SPLIT/SEED`` → ``spiel heldout`` result):
-    rows as Table 1's, a column per training set's held-out split, each cell the mean over its seeds; spreads
-    keyed ``size/label/column`` with each run's standard error."""
+    rows as Table 1's, per training set's held-out split a loss column (the mean over seeds) and a ``_delta``
+    column, the paired change from ``reference``'s loss on the same conversations (``paired_delta``); spreads
+    keyed ``size/label/column`` with each run's standard error and the delta's."""
     runs = seed_results(files)
     frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
     for split in HELDOUT_SPLITS:
         frame[f"{split}_heldout_loss"] = float("nan")
+        frame[f"{split}_heldout_delta"] = float("nan")
+    records: dict[str, list[dict]] = {}
     sources, spreads = {}, {}
     for key, seeded in runs.items():
         size, name, split = key.split("/")
         if size not in sizes or name not in methods or split not in HELDOUT_SPLITS:
             raise ValueError(f"--result {key}/…: not a row of {sizes} × {methods} on a split of "
                              f"{', '.join(HELDOUT_SPLITS)}")
-        records = [read_heldout(path) for _, path in seeded]
+        records[key] = [read_heldout(path) for _, path in seeded]
         label, column = method(name).label, f"{split}_heldout_loss"
         cell = f"{size}/{label}/{column}"
-        spreads[cell] = {**spread([r["value"] for r in records], [seed for seed, _ in seeded]),
-                         "stderr": [r["stderr"] for r in records]}
+        spreads[cell] = {**spread([r["value"] for r in records[key]], [seed for seed, _ in seeded]),
+                         "stderr": [r["stderr"] for r in records[key]]}
         frame.loc[(frame["size"] == size) & (frame["method"] == label), column] = round(spreads[cell]["mean"], 4)
         sources[cell] = [str(path) for _, path in seeded]
+    for key, runs_of_cell in records.items():
+        size, name, split = key.split("/")
+        baseline = records.get(f"{size}/{reference}/{split}")
+        if name == reference or baseline is None:
+            continue
+        label = method(name).label
+        delta = paired_delta(runs_of_cell, baseline[0])
+        spreads[f"{size}/{label}/{split}_heldout_loss"]["delta"] = delta
+        frame.loc[(frame["size"] == size) & (frame["method"] == label), f"{split}_heldout_delta"] = \
+            round(delta["mean"], 4)
     return frame, sources, spreads
 
 
-def markdown_heldout(frame: pd.DataFrame, spreads: dict[str, dict]) -> str:
-    """The held-out table: loss ± standard error (one seed) or ± standard deviation over seeds."""
-    lines = ["| Size | Method | " + " | ".join(f"{label} held-out loss" for label in HELDOUT_SPLITS.values()) + " |",
-             "|---|---|" + "---|" * len(HELDOUT_SPLITS)]
+def paired_delta(runs: list[dict], reference: dict) -> dict:
+    """Loss change from ``reference`` on the same held-out conversations (matched by ``doc_id``): per run the mean
+    per-conversation difference and its paired standard error; their mean over runs, with the run's standard error
+    (one run) or the standard deviation over runs as its noise."""
+    base = {s["doc_id"]: s["score"] for s in reference["samples"]}
+    means, errors = [], []
+    for run in runs:
+        differences = [s["score"] - base[s["doc_id"]] for s in run["samples"] if s["doc_id"] in base]
+        if len(differences) != len(base):
+            raise ValueError(f"{run['data_file']}: scored other conversations than the reference "
+                             f"{reference['data_file']} (held-out files must match)")
+        means.append(statistics.fmean(differences))
+        errors.append(statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else 0.0)
+    return {"mean": statistics.fmean(means), "noise": errors[0] if len(runs) == 1 else statistics.stdev(means),
+            "runs": means, "stderr": errors, "n_items": len(base)}
+
+
+def markdown_heldout(frame: pd.DataFrame, spreads: dict[str, dict], reference: str = "original") -> str:
+    """The held-out table: per split the loss and its paired change Δ from ``reference``, each ± standard error
+    (one seed) or ± standard deviation over seeds."""
+    reference = method(reference).label
+    headers = [f"{label} held-out loss (Δ vs {reference})" for label in HELDOUT_SPLITS.values()]
+    lines = ["| Size | Method | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(HELDOUT_SPLITS)]
     for row in frame.itertuples(index=False):
         values = []
-        for column, value in zip(frame.columns[2:], row[2:], strict=True):
-            record = spreads.get(f"{row.size}/{row.method}/{column}")
-            noise = None if record is None else (record["sd"] if record["n"] > 1 else record["stderr"][0])
-            values.append("" if pd.isna(value) else f"{value:.3f} ± {noise:.3f}")
+        for split in HELDOUT_SPLITS:
+            record = spreads.get(f"{row.size}/{row.method}/{split}_heldout_loss")
+            if record is None:
+                values.append("")
+                continue
+            text = f"{record['mean']:.3f} ± {_noise(record):.3f}"
+            if "delta" in record:
+                text += f" (Δ {record['delta']['mean']:+.3f} ± {record['delta']['noise']:.3f})"
+            values.append(text)
         lines.append(f"| {row.size} | {row.method} | " + " | ".join(values) + " |")
-    seeds = sorted({s["n"] for s in spreads.values()})
-    noise = ("standard error over conversations (one seed)" if seeds == [1] else
-             f"standard deviation over n = {'/'.join(map(str, seeds))} seeds (one seed: standard error)")
+    noise = _noise_note(spreads.values(), "conversations")
     return ("\n".join(lines) + f"\n\nLoss in nats per target token on each training set's held-out conversations "
-            f"(lower is better; not in the paper); ± {noise}.\n")
+            f"(lower is better; not in the paper): {noise}. Δ: the mean per-conversation change from {reference} "
+            "on the same conversations, ± its paired standard error (one seed) or standard deviation over seeds.\n")
