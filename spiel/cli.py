@@ -33,15 +33,21 @@ def command(name: str, arguments: Callable[[argparse.ArgumentParser], None], hel
     return register
 
 
-def _pairs(pairs: list[str], option: str = "--set") -> dict[str, str]:
-    """``KEY=VALUE`` arguments as a dict of strings; a pair without ``=`` is an error naming the option."""
-    values = {}
+def _pair_list(pairs: list[str], option: str = "--set") -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments as (key, value) strings in order; a pair without ``=`` is an error naming the
+    option."""
+    values = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"{option} {pair!r}: expected KEY=VALUE")
-        values[key] = value
+        values.append((key, value))
     return values
+
+
+def _pairs(pairs: list[str], option: str = "--set") -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict of strings (a later key replaces an earlier one)."""
+    return dict(_pair_list(pairs, option))
 
 
 def _key_values(pairs: list[str]) -> dict:
@@ -525,7 +531,11 @@ def _audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="folder with table1..5.csv (absent ones: not measured)")
     p.add_argument("--paper", default="config/paper_results", help="the paper's tables as CSV")
     p.add_argument("--figure2", default="results/figure2.csv")
-    p.add_argument("--benchmarks", default="benchmarks", help="Snakemake benchmark files (wall time per stage)")
+    p.add_argument("--trained", nargs="*", default=[], metavar="FOLDER",
+                   help="the trained adapters and models (their train_summary.json names the device)")
+    p.add_argument("--measured", nargs="*", default=[], metavar="FILE", help="memory results (their device)")
+    p.add_argument("--timing", nargs="*", default=[], metavar="STAGE=FILE",
+                   help="Snakemake benchmark files of the run's jobs, by stage (wall time per stage)")
     p.add_argument("--size", nargs="*", default=[], metavar="OURS=PAPER", help="put our size beside the paper's")
     p.add_argument("--config", default="{}", help="the run's configuration as JSON (hashed into provenance)")
     p.add_argument("--out", required=True)
@@ -545,7 +555,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     sizes = _pairs(args.size, "--size")
     ours, paper = Tables.load(args.results, args.figure2), Tables.load(args.paper)
     cell_frame, claim_frame = cells(ours, paper, sizes), claims(ours, paper)
-    record = run_provenance(json.loads(args.config), args.results, args.benchmarks)
+    timings: dict[str, list[str]] = {}
+    for stage, path in _pair_list(args.timing, "--timing"):
+        timings.setdefault(stage, []).append(path)
+    record = run_provenance(json.loads(args.config), args.trained, args.measured, timings)
     out = Path(args.out)
     with atomic_open(out) as stream:
         pd.concat([claim_frame.assign(kind="claim"), cell_frame.assign(kind="cell")]).to_csv(stream, index=False)

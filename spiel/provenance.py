@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,32 +78,30 @@ def device(kind: str = "auto") -> str:
     return f"cpu ({platform.processor() or platform.machine()}, no GPU)"
 
 
-def stage_wall_times(folder: str | Path = "benchmarks") -> dict[str, float]:
-    """Wall seconds per pipeline stage: the sum of the ``s`` column of Snakemake's benchmark files under
-    ``folder/<stage>/``."""
+def stage_wall_times(timings: dict[str, Iterable[str | Path]]) -> dict[str, float]:
+    """Wall seconds per pipeline stage: the sum of the ``s`` column of each stage's Snakemake benchmark files."""
     import csv
 
     totals: dict[str, float] = {}
-    for path in sorted(Path(folder).rglob("*.tsv")):
-        stage = path.relative_to(folder).parts[0]
-        with path.open() as stream:
-            for row in csv.DictReader(stream, delimiter="\t"):
-                totals[stage] = totals.get(stage, 0.0) + float(row["s"])
+    for stage, paths in timings.items():
+        for path in paths:
+            with Path(path).open() as stream:
+                for row in csv.DictReader(stream, delimiter="\t"):
+                    totals[stage] = totals.get(stage, 0.0) + float(row["s"])
     return {k: round(v, 1) for k, v in totals.items()}
 
 
-def run_provenance(config: dict[str, Any], results: str | Path = "results",
-                   benchmarks: str | Path = "benchmarks") -> dict[str, Any]:
-    """Provenance of a whole run: config and its hash, commit, versions, seeds, the devices that trained and
-    measured (from the results' own records), wall time per stage."""
+def run_provenance(config: dict[str, Any], trained: Iterable[str | Path] = (), measured: Iterable[str | Path] = (),
+                   timings: dict[str, Iterable[str | Path]] | None = None) -> dict[str, Any]:
+    """Provenance of a whole run: config and its hash, commit, versions, seeds, the devices that trained (each
+    ``trained`` folder's ``train_summary.json``) and measured memory (each ``measured`` result), wall time per
+    stage (``timings``: stage → benchmark files). Only the files given are read: a workflow declares them."""
     import hashlib
 
     canonical = json.dumps(config, sort_keys=True, default=str)
-    devices = set()
-    for path in Path(results).rglob("train_summary.json"):
-        devices.add(json.loads(path.read_text()).get("device", "unrecorded"))
-    for path in Path(results).glob("memory/**/*.json"):
-        devices.add(json.loads(path.read_text())["device"])
+    devices = {json.loads((Path(folder) / "train_summary.json").read_text()).get("device", "unrecorded")
+               for folder in trained}
+    devices |= {json.loads(Path(path).read_text())["device"] for path in measured}
     return {"config_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "config": config,
             "git_commit": git_commit(), "versions": package_versions(), "seed": config.get("seed"),
-            "device": ", ".join(sorted(devices)) or device(), "wall_s_per_stage": stage_wall_times(benchmarks)}
+            "device": ", ".join(sorted(devices)) or device(), "wall_s_per_stage": stage_wall_times(timings or {})}

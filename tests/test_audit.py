@@ -205,14 +205,19 @@ def test_cells_sit_beside_the_paper_with_the_difference(tmp_path):
 
 def test_provenance_records_config_hash_devices_and_stage_times(tmp_path):
     (tmp_path / "benchmarks/train/x").mkdir(parents=True)
-    for name, seconds in (("a", 12.5), ("b", 7.5)):
+    timings = {"train": []}
+    for name, seconds in (("a", 12.5), ("b", 7.5), ("c", 100.0)):
         (tmp_path / f"benchmarks/train/x/{name}.tsv").write_text(f"s\th:m:s\n{seconds}\t0:00:{seconds}\n")
-    (tmp_path / "results/adapters/m").mkdir(parents=True)
-    (tmp_path / "results/adapters/m/train_summary.json").write_text('{"device": "cpu (x86_64, no GPU)"}')
-    record = run_provenance({"seed": 3, "b": 1}, tmp_path / "results", tmp_path / "benchmarks")
+        timings["train"].append(tmp_path / f"benchmarks/train/x/{name}.tsv")
+    for name, device in (("m", "cpu (x86_64, no GPU)"), ("other", "cuda (H200)")):
+        (tmp_path / f"results/adapters/{name}").mkdir(parents=True)
+        (tmp_path / f"results/adapters/{name}/train_summary.json").write_text(json.dumps({"device": device}))
+    # only the files it is given: c.tsv and the other adapter are beside them but not the run's
+    record = run_provenance({"seed": 3, "b": 1}, [tmp_path / "results/adapters/m"], [],
+                            {"train": timings["train"][:2]})
     assert record["wall_s_per_stage"] == {"train": 20.0}
     assert record["device"] == "cpu (x86_64, no GPU)" and record["seed"] == 3
-    assert record["config_sha256"] == run_provenance({"b": 1, "seed": 3}, tmp_path / "results")["config_sha256"]
+    assert record["config_sha256"] == run_provenance({"b": 1, "seed": 3})["config_sha256"]
 
 
 def test_seeds_are_resampled_before_items():

@@ -15,6 +15,9 @@ rule audit:
     params:
         sizes=" ".join(f"{ours}={paper}" for ours, paper in config["audit"]["sizes"].items()),
         config=shlex.quote(json.dumps(config, default=str)),
+        trained=" ".join(provenance_inputs()["trained"]),
+        measured=" ".join(memory_results()),
+        timings=" ".join(f"{path.split('/')[1]}={path}" for path in provenance_inputs()["timings"]),
     threads: 1
     resources:
         mem_mb=1000,
@@ -23,4 +26,5 @@ rule audit:
         ENV
     shell:
         "python -m spiel audit --results results --paper config/paper_results --figure2 results/figure2.csv "
-        "--size {params.sizes} --config {params.config} --out {output.csv} > {log} 2>&1"
+        "--size {params.sizes} --config {params.config} --trained {params.trained} --measured {params.measured} "
+        "--timing {params.timings} --out {output.csv} > {log} 2>&1"

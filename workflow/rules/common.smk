@@ -27,6 +27,8 @@ HELDOUT_EVAL = "results/heldout/{size}/{dataset}/{method}/seed-{seed}/{split}.js
 SEEDS = config.get("seeds", [config["seed"]])  # default: the run's one seed
 ADAPTER = "results/adapters/{size}/{dataset}/{method}/seed-{seed}"
 EVAL = "results/eval/{size}/{dataset}/{method}/seed-{seed}/{benchmark}.json"
+TRAIN_TIMING = "benchmarks/train/{size}/{dataset}/{method}/seed-{seed}.tsv"
+EVAL_TIMING = "benchmarks/evaluate/{size}/{dataset}/{method}/seed-{seed}.tsv"
 SEARCH = config["search"]
 GRID = SEARCH["grid"]
 SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
@@ -39,6 +41,7 @@ MEMORY_SIZES = MEMORY.get("sizes", SIZES)  # default: every size
 ABLATION = config["ablation"]
 ABLATION_SIZE = ABLATION.get("size", SIZES[0])  # default: the first size
 MEMORY_RESULT = "results/memory/{size}/{method}/checkpointing-{checkpointing}.json"
+MEMORY_TIMING = "benchmarks/memory/{size}/{method}/checkpointing-{checkpointing}.tsv"
 SEARCH_CONSTRAINTS = {"method": "|".join(GRID) or "none", "point": "(lr|wd)[0-9.e+-]+(-r[0-9]+)?"}
 
 
@@ -235,7 +238,26 @@ def audit_inputs():
                 for p in points(GRID[m])]
     return {"tables": tables, "records": records, "evaluations": table_inputs("table1") + table_inputs("table2"),
             "selections": selections, "searched": searched, "figure2": "results/figure2.csv",
-            "memory": memory_results()}
+            "memory": memory_results(), **provenance_inputs()}
+
+
+def provenance_inputs():
+    """What the run's provenance reads: the trained folders of Tables 1-2 (their device), and the benchmark files
+    of their training and evaluation jobs and of the memory search (``STAGE=FILE``: wall time per stage)."""
+    trained, evaluated = set(), set()
+    for table in ("table1", "table2"):
+        for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK):
+            for seed in cell_seeds(cell):
+                run = {"size": cell.size, "method": cell.method, "seed": seed}
+                evaluated.add(EVAL_TIMING.format(dataset=cell.evaluated_on, **run))
+                if cell.evaluated_on in DATASETS and cell.dataset not in released_full(cell.size) \
+                        and method(cell.method).kind != "none":
+                    trained.add((cell.size, cell.dataset, cell.method, seed))
+    memory = [MEMORY_TIMING.format(size=s, method=m, checkpointing=c) for s in MEMORY_SIZES
+              for m in MEMORY["methods"] for c in ("on" if flag else "off" for flag in MEMORY["checkpointing"])]
+    runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
+    return {"trained": [ADAPTER.format(**run) for run in runs],
+            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + memory}
 
 
 def memory_results():

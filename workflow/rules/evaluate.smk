@@ -16,7 +16,7 @@ rule evaluate_all:
     log:
         "logs/evaluate/{size}/{dataset}/{method}/seed-{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{size}/{dataset}/{method}/seed-{seed}.tsv"
+        EVAL_TIMING
     wildcard_constraints:
         dataset=f"{BASE}|tulu",
     params:

@@ -10,7 +10,7 @@ rule memory:
     log:
         "logs/memory/{size}/{method}/checkpointing-{checkpointing}.log",
     benchmark:
-        "benchmarks/memory/{size}/{method}/checkpointing-{checkpointing}.tsv"
+        MEMORY_TIMING
     wildcard_constraints:
         method="|".join(MEMORY["methods"]) or "none",
         checkpointing="on|off",

@@ -12,7 +12,7 @@ rule train:
     log:
         "logs/train/{size}/{dataset}/{method}/seed-{seed}.log",
     benchmark:
-        "benchmarks/train/{size}/{dataset}/{method}/seed-{seed}.tsv"
+        TRAIN_TIMING
     params:
         work="results/work/{size}/{dataset}/{method}/seed-{seed}",
         settings=training_settings,
