@@ -138,6 +138,22 @@ def test_paired_strata_weigh_groups_as_the_benchmark_score_does(tmp_path):
         paired_strata(tables, [tmp_path / "short.json"], [tmp_path / "gsm-b.json"], 1.0)
 
 
+def test_groups_of_one_item_pool_so_their_interval_has_width(tmp_path):
+    """MMLU with one item per subject (as the laptop default samples it): each subject alone cannot be resampled;
+    pooled, the interval spans the one discordant item's ±1/12 while the effect stays the files' difference."""
+    from spiel.report.audit import paired_strata
+
+    a = {(f"subject{i}", i): 1.0 if i < 4 else 0.0 for i in range(12)}
+    b = {(f"subject{i}", i): 1.0 if i < 3 else 0.0 for i in range(12)}  # one discordant item: a right, b wrong
+    fa, fb = (_evaluation(tmp_path / f"mmlu-{n}.json", "mmlu", s) for n, s in (("a", a), ("b", b)))
+    strata = paired_strata(Tables({}), [fa], [fb], 1.0)
+    estimate = stats.estimate(strata)
+    assert len(strata) == 1 and math.isclose(estimate.effect, 100 / 12)
+    assert math.isclose(estimate.effect, json.loads(fa.read_text())["value"] - json.loads(fb.read_text())["value"])
+    assert estimate.low == 0.0 and estimate.high >= 100 / 12 and estimate.se > 0
+    assert estimate.p_value == 1.0  # McNemar: one discordant pair decides nothing
+
+
 def _memory(passed: int, failed: list[int], step_seconds: list[float]) -> dict:
     probes = [{"limit_mb": f, "passed": False, "reason": "out of memory", "steps": 2} for f in failed]
     probes.append({"limit_mb": passed, "passed": True, "reason": "", "steps": 2, "step_seconds": step_seconds})

@@ -201,10 +201,15 @@ def paired_strata(tables: Tables, a: list[Path], b: list[Path], weight: float) -
             raise ValueError(f"{a[0]} and {path}: not scored on the same items ({benchmark}: {len(reference)}, "
                              f"{other}: {len(scores)}); rerun their evaluations with one protocol")
     groups = sorted({k[0] for k in reference})
+    members = {group: sorted(k for k in reference if k[0] == group) for group in groups}
+    # A group of one item cannot be resampled within itself (its interval would have no width): such groups pool
+    # into one stratum. They weigh alike (1/groups or 1/items), so the effect is unchanged.
+    single = [key for group in groups if len(members[group]) == 1 for key in members[group]]
+    blocks = [members[group] for group in groups if len(members[group]) > 1] + ([single] if single else [])
     strata = []
-    for group in groups:
-        keys = sorted(k for k in reference if k[0] == group)
-        share = 1 / len(groups) if benchmark in MACRO else len(keys) / len(reference)
+    for keys in blocks:
+        share = (len(keys) if keys is single else 1) / len(groups) if benchmark in MACRO \
+            else len(keys) / len(reference)
         matrices = [np.array([[scores[k] for k in keys] for _, scores in side])
                     for side in (runs[:len(a)], runs[len(a):])]
         strata.append(Stratum(matrices[0], weight * share, matrices[1]))
