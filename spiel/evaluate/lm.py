@@ -1,17 +1,86 @@
-"""The evaluated model as lm-eval sees it: lm-eval's ``HFLM``, with the protocol's ``stop_after_text`` stops."""
+"""The evaluated model as lm-eval sees it: lm-eval's ``HFLM``, with the protocol's ``stop_after_text`` stops and
+its ``prefix_cache``: requests that share a prompt prefix (a subject's few-shot exemplars, a question's answer
+choices) compute that prefix's keys and values once."""
 
 from __future__ import annotations
 
+import torch
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from .stops import NoEndBeforeText, StopAfterText
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """The key/value cache of the last sequence run, and its tokens: a sequence that starts like it reuses the
+    shared part (cropped to it) and runs only the rest."""
+
+    def __init__(self) -> None:
+        self.cache, self.tokens = None, []
+        self.last: torch.Tensor | None = None
+        """Log-probabilities after the last token run: the next token's distribution, reused by a one-token
+        continuation of the same context."""
+
+    def reuse(self, tokens: list[int], recompute: int) -> int:
+        """Crop the cache to the longest prefix it shares with ``tokens``, leaving at least the last ``recompute``
+        tokens to run; returns how many tokens the cache keeps."""
+        keep = min(common_prefix(self.tokens, tokens), len(tokens) - recompute)
+        if keep <= 0 or self.cache is None:
+            self.cache, self.tokens = None, []
+            return 0
+        if len(self.tokens) > keep:  # a negative count removes tokens in every transformers version since 4.38
+            self.cache.crop(keep - len(self.tokens))
+        self.tokens = tokens[:keep]
+        return keep
+
+
 class ProtocolLM(HFLM):
     """``HFLM`` whose generation honours the ``stop_after_text`` generation keyword (the protocol's stop
     sequences, matched only after the completion's leading whitespace, and no end-of-sequence before it:
-    ``spiel.evaluate.stops``)."""
+    ``spiel.evaluate.stops``), and whose log-likelihoods reuse shared prefixes where ``prefix_cache`` is set."""
+
+    prefix_cache: bool = False
+    """Score log-likelihood requests one at a time in token order, each reusing the previous one's cache for
+    their common prefix (the protocol's ``prefix_cache``), instead of lm-eval's padded batches."""
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if not self.prefix_cache or self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        # context order puts requests with a common prefix next to each other; of one context, the one-token
+        # continuations come first (they share one forward)
+        order = sorted(range(len(requests)),
+                       key=lambda i: (requests[i][1], len(requests[i][2]) > 1, requests[i][2]))
+        state = PrefixCache()
+        for i in tqdm(order, disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"):
+            request, context, continuation = requests[i]
+            inputs = (context + continuation)[-(self.max_length + 1):][:-1]  # HFLM's left truncation
+            if len(continuation) == 1 and inputs == state.tokens:  # another one-token answer to the same context
+                logprobs = state.last
+            else:
+                keep = state.reuse(inputs, recompute=len(continuation))
+                with torch.no_grad():
+                    out = self.model(input_ids=torch.tensor([inputs[keep:]], device=self.device),
+                                     past_key_values=state.cache, use_cache=True, logits_to_keep=len(continuation))
+                logprobs = torch.log_softmax(out.logits[0, -len(continuation):].float(), dim=-1)
+                state.cache, state.tokens, state.last = out.past_key_values, inputs, logprobs[-1:]
+            target = torch.tensor(continuation, device=logprobs.device)
+            answer = (float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(-1) == target).all()))
+            results[i] = answer
+            if request is not None:
+                self.cache_hook.add_partial("loglikelihood", request, answer)
+        return results
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         after_text = generation_kwargs.pop("stop_after_text", None)

@@ -49,6 +49,10 @@ class Protocol:
     """HumanEval: run generated code even where OS-level isolation (bubblewrap) cannot be set up (lm-eval's
     name for the opt-in); off, such a run stops with what to install."""
     batch_size: int = 8
+    prefix_cache: bool = False
+    """Log-likelihood requests one at a time in token order, each reusing the keys and values of the prefix it
+    shares with the one before (a subject's exemplars, a question's choices; ``spiel.evaluate.lm``) instead of
+    padded batches of ``batch_size``: the same scores to float rounding, for fewer tokens run."""
     groups: tuple[str, ...] = field(default=())
     """Restrict to these subjects / tasks / languages (empty = all that the data holds)."""
 

@@ -35,6 +35,8 @@ SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
 SELECTED = "results/search/{size}/{method}/selected.json"
 SEARCH_ADAPTER = "results/search/{size}/{method}/{point}/adapter"
 SEARCH_EVAL = "results/search/{size}/{method}/{point}/mmlu.json"
+SEARCH_TRAIN_TIMING = "benchmarks/search/{size}/{method}/{point}/train.tsv"
+SEARCH_EVAL_TIMING = "benchmarks/search/{size}/{method}/{point}/evaluate.tsv"
 STAGE1 = "results/search/{size}/{method}/stage1.json"
 MEMORY = config["memory"]
 MEMORY_SIZES = MEMORY.get("sizes", SIZES)  # default: every size
@@ -243,7 +245,8 @@ def audit_inputs():
 
 def provenance_inputs():
     """What the run's provenance reads: the trained folders of Tables 1-2 (their device), and the benchmark files
-    of their training and evaluation jobs and of the memory search (``STAGE=FILE``: wall time per stage)."""
+    of their training and evaluation jobs, of the hyperparameter search and of the memory search (wall time per
+    stage: the folder under ``benchmarks/``)."""
     trained, evaluated = set(), set()
     for table in ("table1", "table2"):
         for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK):
@@ -255,9 +258,11 @@ def provenance_inputs():
                     trained.add((cell.size, cell.dataset, cell.method, seed))
     memory = [MEMORY_TIMING.format(size=s, method=m, checkpointing=c) for s in MEMORY_SIZES
               for m in MEMORY["methods"] for c in ("on" if flag else "off" for flag in MEMORY["checkpointing"])]
+    search = [pattern.format(size=s, method=m, point=p.label) for s in SEARCH_SIZES for m in GRID
+              for p in points(GRID[m]) for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
     return {"trained": [ADAPTER.format(**run) for run in runs],
-            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + memory}
+            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory}
 
 
 def memory_results():

@@ -16,7 +16,7 @@ use rule train as train_search with:
     log:
         "logs/search/{size}/{method}/{point}/train.log",
     benchmark:
-        "benchmarks/search/{size}/{method}/{point}/train.tsv"
+        SEARCH_TRAIN_TIMING
     wildcard_constraints:
         **SEARCH_CONSTRAINTS,
     params:
@@ -36,7 +36,7 @@ use rule evaluate_flan as evaluate_search with:
     log:
         "logs/search/{size}/{method}/{point}/evaluate.log",
     benchmark:
-        "benchmarks/search/{size}/{method}/{point}/evaluate.tsv"
+        SEARCH_EVAL_TIMING
     wildcard_constraints:
         **SEARCH_CONSTRAINTS,
     params:

@@ -1,0 +1,61 @@
+"""The prefix cache of log-likelihood requests (protocol ``prefix_cache``): the scores of lm-eval's padded
+batches, to float rounding, for fewer tokens run."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from spiel.evaluate.lm import ProtocolLM, common_prefix
+
+
+def test_common_prefix_is_the_longest_shared_start():
+    assert common_prefix([1, 2, 3, 4], [1, 2, 5]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2 and common_prefix([], [1]) == 0 and common_prefix([7], [8]) == 0
+
+
+def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):
+    """Requests as few-shot multiple choice makes them: two subjects' exemplar prefixes, several questions each,
+    continuations of one to three tokens; one request a prefix of another. Tolerance 1e-4 nats (fp32)."""
+    from spiel.adapters import load_base
+
+    model, tokenizer = load_base(training_setup / "model")
+    lm = ProtocolLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=4)
+    rng = random.Random(0)
+    vocab = model.config.vocab_size
+    requests = []
+    for _ in range(2):
+        exemplars = [rng.randrange(vocab) for _ in range(40)]
+        for _ in range(3):
+            question = exemplars + [rng.randrange(vocab) for _ in range(rng.randint(3, 9))]
+            for length in (1, 1, 2, 3):
+                requests.append((None, question, [rng.randrange(vocab) for _ in range(length)]))
+    requests.append((None, requests[0][1][:20], requests[0][1][20:23]))  # context inside another's prefix
+    rng.shuffle(requests)
+    lm.prefix_cache = False
+    batched = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    lm.prefix_cache = True
+    seen = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    try:
+        cached = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    finally:
+        model.forward = forward
+    assert [g for _, g in cached] == [g for _, g in batched]
+    assert [ll for ll, _ in cached] == pytest.approx([ll for ll, _ in batched], abs=1e-4)
+    total = sum(len(c + x) - 1 for _, c, x in requests)
+    assert sum(seen) < total / 2  # the shared prefixes ran once
+    assert len(seen) == len(requests) - 6  # each question's second one-token answer reuses the first's forward
+    with torch.no_grad():  # and one request by hand: Σ log p(continuation | context)
+        _, context, continuation = requests[0]
+        logits = model(input_ids=torch.tensor([context + continuation])).logits[0, len(context) - 1:-1]
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation)[:, None]).sum().item()
+    assert cached[0][0] == pytest.approx(expected, abs=1e-4)
