@@ -11,15 +11,14 @@ one run. Numbers are machine-dependent; quote medians and ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
+from . import fresh
 from .memory import peak_memory_mb, resident_peak_kb, synchronize
 
 METHODS = ("floor", "full", "lora", "spiel-ag", "spiel-ma")
@@ -144,7 +143,6 @@ def _ratio(a: float, b: float) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m spiel.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--method", choices=METHODS, help="run one method in this process and print JSON (internal)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--hidden", type=int, default=512)
@@ -168,17 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.method:
-        print(json.dumps(run_method(args.method, args)))
-        return
-    forwarded = list(argv if argv is not None else sys.argv[1:])
     results = {}
-    for method in METHODS:
-        proc = subprocess.run([sys.executable, "-m", "spiel.bench", "--method", method, *forwarded],
-                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    for method in METHODS:  # each in a fresh process (spiel.fresh): its peak memory is its own
+        proc = fresh.run("bench-method", {**vars(args), "method": method}, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             sys.exit(f"benchmark of {method} failed:\n{proc.stderr[-2000:]}")
-        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[method] = fresh.result(proc)
     mem_label = "peak GPU alloc MiB" if args.device.startswith("cuda") else "peak RSS growth MiB"
     print(f"device={args.device} dtype={args.dtype} model=llama(h={args.hidden}, ffn={args.intermediate}, "
           f"L={args.layers}, V={args.vocab}) batch={args.batch}x{args.seq_len} rank={args.rank} "

@@ -385,6 +385,19 @@ def cmd_memory_probe(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_OOM) from None
 
 
+def _bench_method_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", required=True, help="the benchmark's settings and method as JSON")
+
+
+@command("bench-method", _bench_method_arguments,
+         help="(internal) time one method of `python -m spiel.bench` in this process")
+def cmd_bench_method(args: argparse.Namespace) -> None:
+    from .bench import run_method
+
+    spec = argparse.Namespace(**json.loads(args.spec))
+    print(json.dumps(run_method(spec.method, spec)))
+
+
 def _write_table(frame, markdown_text: str, record: dict, out: Path) -> None:
     """``out`` (CSV), its .md and .json (sources and provenance) twins, each written atomically."""
     from .provenance import atomic_open, git_commit, package_versions, write_json_atomic

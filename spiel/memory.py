@@ -13,12 +13,10 @@ failure, a timeout or a kill is a failed probe.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -26,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import provenance
+from . import fresh, provenance
 from .signals import EXIT_USER_ERROR
 
 MECHANISMS = {"cuda": "torch.cuda.set_per_process_memory_fraction",
@@ -130,9 +128,7 @@ class ProbeSpec:
 
 
 def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
-    """Run one probe in a fresh ``python -m spiel memory-probe`` process under ``limit_mb``."""
-    command = [sys.executable, "-m", "spiel", "memory-probe", "--spec", json.dumps(asdict(spec)),
-               "--limit-mb", str(limit_mb)]
+    """Run one probe in a fresh ``python -m spiel memory-probe`` process (``spiel.fresh``) under ``limit_mb``."""
     # One malloc arena, no tokenizer thread pool, and every block of 64 KiB or more mapped on its own and returned
     # to the system when freed (glibc otherwise raises that threshold as blocks are freed and serves later tensors
     # from a heap that never shrinks): the limit then bounds the memory live at the peak, not how fragmented the
@@ -142,12 +138,12 @@ def run_probe(spec: ProbeSpec, limit_mb: int) -> Probe:
     probe = partial(Probe, limit_mb, steps=spec.run_steps or spec.steps)
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=spec.timeout_s, env=env)
+        done = fresh.run("memory-probe", asdict(spec), "--limit-mb", str(limit_mb), timeout=spec.timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return probe(False, "timeout", wall_s=time.perf_counter() - start)
     wall = time.perf_counter() - start
     if done.returncode == 0:
-        report = json.loads(done.stdout.strip().splitlines()[-1])
+        report = fresh.result(done)
         return probe(True, seconds_per_step=report["seconds_per_step"], step_seconds=report["step_seconds"],
                      peak_mb=report["peak_mb"], wall_s=wall)
     # An allocation failure in training exits EXIT_OOM; one before the CLI runs (importing torch) or in native code

@@ -79,13 +79,16 @@ def device(kind: str = "auto") -> str:
 
 
 def stage_wall_times(timings: dict[str, Iterable[str | Path]]) -> dict[str, float]:
-    """Wall seconds per pipeline stage: the sum of the ``s`` column of each stage's Snakemake benchmark files."""
+    """Wall seconds per pipeline stage: the sum of the ``s`` column of each stage's Snakemake benchmark files (a
+    file that does not exist, e.g. deleted after its job ran, is skipped)."""
     import csv
 
     totals: dict[str, float] = {}
     for stage, paths in timings.items():
-        for path in paths:
-            with Path(path).open() as stream:
+        for path in map(Path, paths):
+            if not path.exists():
+                continue
+            with path.open() as stream:
                 for row in csv.DictReader(stream, delimiter="\t"):
                     totals[stage] = totals.get(stage, 0.0) + float(row["s"])
     return {k: round(v, 1) for k, v in totals.items()}

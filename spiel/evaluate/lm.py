@@ -65,6 +65,9 @@ class ProtocolLM(HFLM):
         state = PrefixCache()
         for i in tqdm(order, disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"):
             request, context, continuation = requests[i]
+            if not context or not continuation or len(continuation) > self.max_length:  # HFLM's checks
+                raise ValueError(f"log-likelihood request with {len(context)} context and {len(continuation)} "
+                                 f"continuation tokens (each ≥ 1, the continuation ≤ {self.max_length})")
             inputs = (context + continuation)[-(self.max_length + 1):][:-1]  # HFLM's left truncation
             if len(continuation) == 1 and inputs == state.tokens:  # another one-token answer to the same context
                 logprobs = state.last

@@ -159,8 +159,10 @@ def build_table5(files: dict[str, str | Path]) -> tuple[pd.DataFrame, dict[str, 
             raise ValueError(f"--result {key}={path}: expected SCHEDULE/S/BENCHMARK=FILE (BENCHMARK mmlu or tydiqa)")
         row = rows.setdefault((schedule, int(interval)), {"schedule": schedule, "update_every_steps": int(interval)})
         record = read_result(path, benchmark)
+        if benchmark in row:
+            raise ValueError(f"--result {key}={path}: a second {benchmark} result for {schedule} S = {int(interval)}")
         row[benchmark] = round(record["value"], 2)
-        sources[key], errors[key] = str(path), record["stderr"]
+        sources[key], errors[f"{schedule}/{int(interval)}/{benchmark}"] = str(path), record["stderr"]
     for (schedule, interval), row in rows.items():
         missing = [b for b in ("mmlu", "tydiqa") if b not in row]
         if missing:
@@ -323,7 +325,7 @@ def paired_delta(runs: list[dict], reference: dict) -> dict:
     means, errors = [], []
     for run in runs:
         differences = [s["score"] - base[s["doc_id"]] for s in run["samples"] if s["doc_id"] in base]
-        if len(differences) != len(base):
+        if len(differences) != len(base) or len(run["samples"]) != len(base):
             raise ValueError(f"{run['data_file']}: scored other conversations than the reference "
                              f"{reference['data_file']} (held-out files must match)")
         means.append(statistics.fmean(differences))

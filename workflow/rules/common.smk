@@ -183,12 +183,16 @@ FULLIFT_RELEASED = {f"{size}/{dataset}": spec.get("citation", spec.get("id", spe
                     for size in SIZES for dataset, spec in released_full(size).items()}
 
 
+def trained_here(cell):
+    """Whether this run trains a table cell's model: not the base model, nor a released FullIFT model."""
+    kind = method(cell.method).kind
+    return kind != "none" and not (kind == "full" and cell.dataset in released_full(cell.size))
+
+
 def cell_seeds(cell):
-    """The training seeds of a table cell: every seed, except for a model that is not trained here (the base
-    model, a released FullIFT model), evaluated once, at the run's seed."""
-    untrained = method(cell.method).kind == "none" or (method(cell.method).kind == "full"
-                                                      and cell.dataset in released_full(cell.size))
-    return [config["seed"]] if untrained else SEEDS
+    """The training seeds of a table cell: every seed, except for a model that is not trained here, evaluated
+    once, at the run's seed."""
+    return SEEDS if trained_here(cell) else [config["seed"]]
 
 
 def table_evaluations(table):
@@ -240,29 +244,31 @@ def audit_inputs():
                 for p in points(GRID[m])]
     return {"tables": tables, "records": records, "evaluations": table_inputs("table1") + table_inputs("table2"),
             "selections": selections, "searched": searched, "figure2": "results/figure2.csv",
-            "memory": memory_results(), **provenance_inputs()}
+            "memory": memory_results(), "trained": provenance_inputs()["trained"]}
 
 
 def provenance_inputs():
-    """What the run's provenance reads: the trained folders of Tables 1-2 (their device), and the benchmark files
-    of their training and evaluation jobs, of the hyperparameter search and of the memory search (wall time per
-    stage: the folder under ``benchmarks/``)."""
+    """What the run's provenance reads: the trained folders of Tables 1-2 (their device; audit inputs), and the
+    benchmark files of their training and evaluation jobs, of the hyperparameter search and of the memory search
+    (wall time per stage: the folder under ``benchmarks/``). The benchmark files are passed, not declared: a
+    missing one is skipped, never a reason to retrain, and a rerun job also reruns the audit through its outputs."""
     trained, evaluated = set(), set()
     for table in ("table1", "table2"):
         for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK):
             for seed in cell_seeds(cell):
                 run = {"size": cell.size, "method": cell.method, "seed": seed}
                 evaluated.add(EVAL_TIMING.format(dataset=cell.evaluated_on, **run))
-                if cell.evaluated_on in DATASETS and cell.dataset not in released_full(cell.size) \
-                        and method(cell.method).kind != "none":
+                if cell.evaluated_on in DATASETS and trained_here(cell):
                     trained.add((cell.size, cell.dataset, cell.method, seed))
     memory = [MEMORY_TIMING.format(size=s, method=m, checkpointing=c) for s in MEMORY_SIZES
               for m in MEMORY["methods"] for c in ("on" if flag else "off" for flag in MEMORY["checkpointing"])]
     search = [pattern.format(size=s, method=m, point=p.label) for s in SEARCH_SIZES for m in GRID
               for p in points(GRID[m]) for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
+    heldout = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv")  # rule heldout's benchmark
+               for path in (heldout_evaluations().values() if config["heldout"] else [])]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
     return {"trained": [ADAPTER.format(**run) for run in runs],
-            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory}
+            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory + heldout}
 
 
 def memory_results():
