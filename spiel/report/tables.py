@@ -149,7 +149,7 @@ def _noise_note(spreads: Collection[dict], items: str = "items") -> str:
 def build_table5(files: dict[str, str | Path]) -> tuple[pd.DataFrame, dict[str, str], dict[str, float]]:
     """(table, sources, standard errors) from ``files`` (``SCHEDULE/S/BENCHMARK`` → evaluation file): one row per
     (schedule, S), in the order given, with MMLU and TyDiQA; a row missing either benchmark is an error naming
-    it. Sources and standard errors are keyed as ``files``."""
+    it. Sources are keyed as ``files``, standard errors as ``SCHEDULE/S/BENCHMARK`` with S as an integer."""
     rows: dict[tuple[str, int], dict] = {}
     sources, errors = {}, {}
     for key, path in files.items():
