@@ -1,5 +1,8 @@
 """The replication audit: every table beside the paper's, the paper's claims checked, provenance of the run."""
 
+PROVENANCE = provenance_inputs()
+
+
 rule audit:
     input:
         **audit_inputs(),
@@ -15,9 +18,9 @@ rule audit:
     params:
         sizes=" ".join(f"{ours}={paper}" for ours, paper in config["audit"]["sizes"].items()),
         config=shlex.quote(json.dumps(config, default=str)),
-        trained=" ".join(provenance_inputs()["trained"]),
+        trained=" ".join(PROVENANCE["trained"]),
         measured=" ".join(memory_results()),
-        timings=" ".join(f"{path.split('/')[1]}={path}" for path in provenance_inputs()["timings"]),
+        timings=" ".join(f"{path.split('/')[1]}={path}" for path in PROVENANCE["timings"]),
     threads: 1
     resources:
         mem_mb=1000,
