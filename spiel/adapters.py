@@ -1,8 +1,9 @@
 """Load a base model from a local folder and apply saved adapters (SpIEL or peft), composing several.
 
 Composition follows the paper (§5, Tülu v2 ⊕ GPT4-Alpaca): SpIEL deltas are summed; peft LoRA adapters are
-combined with ``add_weighted_adapter(combination_type="cat")`` (the sum of their ΔW) and (IA)3 vectors with
-peft's weighted combination. Adapters are merged into the base before evaluation, except on a 4-bit base,
+combined with ``add_weighted_adapter(combination_type="cat")`` (the sum of their ΔW), (IA)3 vectors with
+peft's weighted combination, and SHiRA or Super-Tuning adapters by activating them together (the sum of their
+sparse ΔW). Adapters are merged into the base before evaluation, except on a 4-bit base,
 where they stay applied (App. B).
 """
 
@@ -18,6 +19,9 @@ from .identity import check_base_identity
 from .tuner import SpielModel
 
 SPIEL = "SPIEL"
+WEIGHTED = {"LORA", "IA3"}
+"""peft types composed into one new adapter by ``add_weighted_adapter``; peft's sparse ones have none, and
+compose as SpIEL's deltas do, active together (the sum of their ΔW)."""
 
 
 class ModelNotFound(RuntimeError):
@@ -149,8 +153,9 @@ def apply_adapters(model: nn.Module, adapters: list[str | Path], merge: bool = T
     wrapped = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
     for name, folder in zip(names[1:], adapters[1:], strict=True):
         wrapped.load_adapter(str(folder), adapter_name=name)
-    if len(names) > 1:
+    if len(names) > 1 and kinds <= WEIGHTED:
         extra = {"combination_type": "cat"} if kinds == {"LORA"} else {}
         wrapped.add_weighted_adapter(names, [1.0] * len(names), "composed", **extra)
-        wrapped.set_adapter("composed")
-    return wrapped.merge_and_unload() if merge else wrapped
+        names = ["composed"]
+    wrapped.base_model.set_adapter(names)  # several sparse adapters (SHiRA, Super-Tuning): their ΔW add up
+    return wrapped.merge_and_unload(adapter_names=names) if merge else wrapped

@@ -3,6 +3,11 @@
 Baselines come from ``peft`` (LoRA, qLoRA, (IA)3); 4-bit bases from ``transformers``' BitsAndBytesConfig
 (NF4, double quantization); SpIEL from ``spiel.tuner``. Settings the paper fixes (App. B–D): LoRA
 α = 16, dropout 0.1, every linear layer of the transformer blocks; (IA)3 on k, v and down projections.
+
+Beyond the paper, static sparse baselines at the same budget: peft's SHiRA (a fixed random mask, r·(in + out)
+entries per layer, LoRA's count layer by layer), peft's Super-Tuning (a fixed support of the largest-magnitude
+weights, at the one sparsity that gives LoRA's count over the targeted layers, as SpIEL's budget does, §3.2) and
+SpIEL-fixed (SpIEL's random initial η, never reselected: drop-and-grow switched off).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Method:
     label: str
     """The paper's row label."""
     kind: str
-    """"none", "full", "lora", "ia3" or "spiel"."""
+    """"none", "full", "lora", "ia3", "shira", "supertuning", "spiel" or "spiel-fixed" (η never reselected)."""
     quantized: bool = False
     growth: str | None = None
 
@@ -43,6 +48,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("spiel-ma", "SpIEL-MA", "spiel", growth="ma"),
     Method("qspiel-ag", "qSpIEL-AG", "spiel", quantized=True, growth="ag"),
     Method("qspiel-ma", "qSpIEL-MA", "spiel", quantized=True, growth="ma"),
+    Method("shira", "SHiRA", "shira"),
+    Method("supertuning", "Super-Tuning", "supertuning"),
+    Method("spiel-fixed", "SpIEL-fixed", "spiel-fixed", growth="ag"),  # AG's optimizer (AdamW), no reselection
 )}
 
 
@@ -115,8 +123,12 @@ _TARGETED = {"rank": int, "target_modules": list[str]}
 SPIEL_KNOBS = {k: v for k, v in field_types(SpielConfig).items()
                if k not in ("growth", "target_modules", "density", "num_deltas", "lora_rank", "seed")}
 """SpIEL's knobs a run may set as hyperparameters (S, γ, ξ, schedule, …); the budget comes from ``rank``."""
+RESELECTION_KNOBS = ("update_interval", "estimation_steps", "replace_rate", "schedule", "replace_all_first")
+"""SpIEL's knobs of drop-and-grow, which SpIEL-fixed does not take."""
 HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "full": _SHARED, "ia3": _SHARED, "lora": {**_SHARED, **_TARGETED}, "spiel": {**_SHARED, **_TARGETED, **SPIEL_KNOBS}}
+    "full": _SHARED, "ia3": _SHARED, "lora": {**_SHARED, **_TARGETED}, "shira": {**_SHARED, **_TARGETED},
+    "supertuning": {**_SHARED, **_TARGETED}, "spiel": {**_SHARED, **_TARGETED, **SPIEL_KNOBS},
+    "spiel-fixed": {**_SHARED, **_TARGETED, **{k: v for k, v in SPIEL_KNOBS.items() if k not in RESELECTION_KNOBS}}}
 """Method kind → the hyperparameters it takes and their types (anything else is refused, not ignored)."""
 DEFAULT_RANK = 64
 """LoRA's rank r, and SpIEL's budget as LoRA's parameter count at r, where a run names none (App. D)."""
@@ -144,7 +156,7 @@ def check_hyperparameters(name: str, hp: dict[str, Any], where: str = "--hp") ->
         raise OptionError(f"{where} weight_decay={decay}: must be >= 0 with lr × weight_decay < 1 (lr={lr})")
     if typed.get("rank", 1) < 1:
         raise OptionError(f"{where} rank={typed['rank']}: must be a positive integer")
-    if spec.kind == "spiel":
+    if spec.kind in ("spiel", "spiel-fixed"):
         try:
             spiel_config(spec, typed, seed=0)
         except ValueError as error:
@@ -157,6 +169,32 @@ def spiel_config(spec: Method, hp: dict[str, Any], seed: int) -> SpielConfig:
     return SpielConfig(lora_rank=hp.get("rank", DEFAULT_RANK), growth=spec.growth, seed=seed,
                        target_modules=list(hp.get("target_modules", LLAMA_TARGETS)),
                        **{k: v for k, v in hp.items() if k in SPIEL_KNOBS})
+
+
+def target_shapes(model: nn.Module, targets: list[str]) -> dict[str, tuple[int, int]]:
+    """Module name → (out, in) of every linear layer whose last name component is in ``targets``."""
+    from torch import nn
+
+    return {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+            if name.rsplit(".", 1)[-1] in targets and isinstance(m, nn.Linear)}
+
+
+def lora_equivalent_density(model: nn.Module, targets: list[str], rank: int) -> float:
+    """The fraction of the targeted weights that LoRA at ``rank`` trains (App. D's budget, as SpIEL's density)."""
+    from .tuner.budget import lora_parameters
+
+    shapes = target_shapes(model, targets)
+    if not shapes:
+        raise ValueError(f"no linear layer of the model matches target_modules {targets}")
+    density = lora_parameters(shapes, rank) / sum(o * i for o, i in shapes.values())
+    if not 0 < density < 1:
+        raise ValueError(f"rank {rank}: LoRA's count is {density:.3g} of the targeted weights; it must be below 1")
+    return density
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """The number of trainable scalars of a wrapped model (SpIEL's φ, a peft adapter's weights)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int, seed: int = 0) -> Trainable:
@@ -176,15 +214,21 @@ def wrap(name: str, model: nn.Module, hp: dict[str, Any], total_steps: int, seed
     if spec.kind == "full":
         optimizer, masters = master_adamw(model.parameters(), lr, weight_decay)
         return Trainable(model, optimizer, masters=masters)
-    if spec.kind == "spiel":
+    if spec.kind in ("spiel", "spiel-fixed"):
         wrapped = get_spiel_model(model, spiel_config(spec, hp, seed))
         optimizer = make_optimizer(wrapped, lr=lr, weight_decay=weight_decay)
-        return Trainable(wrapped, optimizer, Reselector(wrapped, optimizer, total_steps))
-    from peft import IA3Config, LoraConfig, get_peft_model
+        reselector = Reselector(wrapped, optimizer, total_steps) if spec.kind == "spiel" else None
+        return Trainable(wrapped, optimizer, reselector)
+    from peft import IA3Config, LoraConfig, ShiraConfig, SupertuningConfig, get_peft_model
 
+    rank = hp.get("rank", DEFAULT_RANK)
     if spec.kind == "lora":
-        config = LoraConfig(r=hp.get("rank", DEFAULT_RANK), lora_alpha=16, lora_dropout=0.1, target_modules=targets,
-                            task_type="CAUSAL_LM")
+        config = LoraConfig(r=rank, lora_alpha=16, lora_dropout=0.1, target_modules=targets, task_type="CAUSAL_LM")
+    elif spec.kind == "shira":
+        config = ShiraConfig(r=rank, random_seed=seed, target_modules=targets, task_type="CAUSAL_LM")
+    elif spec.kind == "supertuning":
+        config = SupertuningConfig(sparsity=1 - lora_equivalent_density(model, targets, rank),
+                                   target_modules=targets, task_type="CAUSAL_LM")
     else:
         config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"],
                            task_type="CAUSAL_LM")

@@ -9,6 +9,7 @@ import json
 import math
 import pickle
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from . import data
 from .adapters import load_base
 from .identity import base_identity, differences, run_fingerprint, save_base_identity
-from .methods import Trainable, check_hyperparameters, method, wrap
+from .methods import Trainable, check_hyperparameters, method, trainable_parameters, wrap
 from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
 from .settings import TrainConfig
 from .signals import Stopped, stop_on_signals
@@ -200,6 +201,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     _truncate_metrics(work / "metrics.jsonl", step)
     trainable.model.train()
     epoch_batches: dict[int, list] = {}
+    print(f"{method_name}: {trainable_parameters(trainable.model):,} trainable parameters", file=sys.stderr)
     progress = tqdm(total=total, initial=step, desc=f"train {method_name}", mininterval=5)
     with (work / "metrics.jsonl").open("a") as metrics, stop_on_signals() as stop:
         while step < total and (stop_after is None or step < stop_after):
@@ -235,6 +237,7 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     if spec.kind == "full":
         tokenizer.save_pretrained(out)
     summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(run.config),
+               "trainable_parameters": trainable_parameters(trainable.model),
                "model": str(model_dir), "data": str(train_file), "finished": True, "device": device(),
                "versions": package_versions(), "git_commit": git_commit()}
     write_json_atomic(summary, out / "train_summary.json")

@@ -60,7 +60,8 @@ def _config(name: str, **hp):
 
 @pytest.mark.parametrize("name,dtype", [("spiel-ag", "float32"), ("spiel-ma", "float32"), ("lora", "float32"),
                                         ("qspiel-ag", "float32"), ("qspiel-ma", "float32"), ("qlora", "float32"),
-                                        ("full", "bfloat16")])
+                                        ("full", "bfloat16"), ("shira", "float32"), ("supertuning", "float32"),
+                                        ("spiel-fixed", "float32")])
 def test_resume_after_a_stop_equals_an_uninterrupted_run(setup, tmp_path, name, dtype):
     """Bit-identical resume, also where state is fp32 beside bf16 values (qSpIEL, qLoRA and bf16 FullIFT masters)."""
     config = _config(name)
