@@ -1,8 +1,8 @@
-"""Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG, SpIEL-MA and the floor; ∂L/∂φ dense vs sampled.
+"""Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG/MA, SHiRA, Super-Tuning and the floor; ∂L/∂φ.
 
 ``python -m spiel.bench`` trains a small random-initialised Llama with the code users train with
-(``spiel.methods.wrap``, ``spiel.train.target_loss``), every method at the same LoRA-rank-equivalent budget and
-each in its own process, then times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the
+(``spiel.methods.wrap``, ``spiel.train.target_loss``), every method at the same LoRA-rank-equivalent budget (peft's static sparse SHiRA and
+Super-Tuning too, beyond the paper) and each in its own process, then times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the
 frozen model's forward and its backward to the inputs with no parameter gradient: the least any fine-tuning
 method costs per step. It prints a table and ends with ratio lines (to LoRA and to the floor) measured in this
 one run. Numbers are machine-dependent; quote medians and ratios.
@@ -21,8 +21,10 @@ import torch
 from . import fresh
 from .memory import peak_memory_mb, resident_peak_kb, synchronize
 
-METHODS = ("floor", "full", "lora", "spiel-ag", "spiel-ma")
-LEARNING_RATES = {"full": 2e-5, "lora": 1e-4, "spiel-ag": 1e-4, "spiel-ma": 1e-3}
+METHODS = ("floor", "full", "lora", "spiel-ag", "spiel-ma", "shira", "supertuning")
+SPARSE = ("spiel-ag", "spiel-ma", "shira", "supertuning")
+"""The sparse methods, each with ratio lines to LoRA and to the floor."""
+LEARNING_RATES = {"full": 2e-5, "lora": 1e-4, "spiel-ag": 1e-4, "spiel-ma": 1e-3, "shira": 1e-4, "supertuning": 1e-4}
 
 
 def build_model(args: argparse.Namespace):
@@ -55,7 +57,7 @@ def floor_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def run_method(method: str, args: argparse.Namespace) -> dict:
     """Train ``args.steps`` steps; per-step wall time and the time spent in drop-and-grow."""
-    from .methods import wrap
+    from .methods import trainable_parameters, wrap
     from .train import target_loss
 
     torch.set_num_threads(args.threads)
@@ -104,6 +106,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         "phase_extra_s": max(phase_extra, 0.0),
         "total_s": sum(step_times),
         "final_loss": loss.item(),
+        "trainable": 0 if trainable is None else trainable_parameters(model),
     }
 
 
@@ -176,17 +179,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device={args.device} dtype={args.dtype} model=llama(h={args.hidden}, ffn={args.intermediate}, "
           f"L={args.layers}, V={args.vocab}) batch={args.batch}x{args.seq_len} rank={args.rank} "
           f"grad_mode={args.grad_mode} steps={args.steps} threads={args.threads}")
-    print(f"{'method':10s} {'median step s':>14s} {mem_label:>20s} {'drop/grow %':>12s}")
+    print(f"{'method':12s} {'median step s':>14s} {mem_label:>20s} {'drop/grow %':>12s} {'trainable':>12s}")
     for method, r in results.items():
         bookkeeping = 100 * (r["select_s"] + r["phase_extra_s"]) / r["total_s"]
-        print(f"{method:10s} {r['median_step_s']:14.4f} {r['peak_mem_mb']:20.1f} {bookkeeping:12.2f}")
+        print(f"{method:12s} {r['median_step_s']:14.4f} {r['peak_mem_mb']:20.1f} {bookkeeping:12.2f} "
+              f"{r['trainable']:12,d}")
     print(f"\n{'density':>8s} {'dense ms':>10s} {'sampled ms':>11s} {'sampled/dense':>14s}")
     grads = time_grad_phi(args)
     for row in grads:
         print(f"{row['density']:8.3%} {row['dense_ms']:10.3f} {row['sampled_ms']:11.3f} "
               f"{row['sampled_ms'] / row['dense_ms']:14.3f}")
     print()
-    for method in ("spiel-ag", "spiel-ma"):
+    for method in SPARSE:
         for base in ("lora", "floor"):
             r, b = results[method], results[base]
             print(f"ratio {method}/{base} step_time={_ratio(r['median_step_s'], b['median_step_s']):.3f} "

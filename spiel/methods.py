@@ -54,6 +54,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
+EXTENSION = ("shira", "supertuning", "spiel-fixed")
+"""The static sparse baselines beyond the paper (config ``static_sparse``: Table 1x, Tables 3–4, the audit)."""
+
+
 def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")

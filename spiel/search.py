@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SEARCHED = ("ia3", "lora", "spiel-ag", "spiel-ma")
+SEARCHED = ("ia3", "lora", "spiel-ag", "spiel-ma", "shira", "supertuning", "spiel-fixed")
 """Methods with a grid (Full FT keeps Wang et al.'s 2e-5, App. D)."""
 COUNTERPART = {"qlora": "lora", "qspiel-ag": "spiel-ag", "qspiel-ma": "spiel-ma"}
 """4-bit methods train with their full-precision counterpart's selection (§4: one setting per PEFT method)."""

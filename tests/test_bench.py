@@ -9,16 +9,20 @@ def test_bench_prints_ratio_lines():
     args = ["--steps", "7", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--vocab", "256",
             "--seq-len", "32", "--rank", "2", "--reps", "3", "--threads", "1"]
     out = subprocess.run([sys.executable, "-m", "spiel.bench", *args], capture_output=True, text=True, check=True)
-    tail = out.stdout.strip().splitlines()[-7:]
+    tail = out.stdout.strip().splitlines()[-11:]
     number = r"(\d+\.\d+|nan)"
-    for line, (method, base) in zip(tail, [("spiel-ag", "lora"), ("spiel-ag", "floor"), ("spiel-ma", "lora"),
-                                           ("spiel-ma", "floor")], strict=False):
+    pairs = [(m, b) for m in ("spiel-ag", "spiel-ma", "shira", "supertuning") for b in ("lora", "floor")]
+    for line, (method, base) in zip(tail, pairs, strict=False):
         assert re.fullmatch(rf"ratio {method}/{base} step_time={number} peak_mem=-?{number}", line), tail
-    assert re.fullmatch(rf"ratio full/floor step_time={number}", tail[4]), tail
-    assert re.fullmatch(rf"ratio lora/floor step_time={number}", tail[5]), tail
-    assert re.fullmatch(rf"ratio sampled/dense grad_phi@1%={number}", tail[6]), tail
-    for method in ("floor", "full", "lora", "spiel-ag", "spiel-ma"):
-        assert re.search(rf"^{method}\s+\d+\.\d+", out.stdout, re.MULTILINE), method
+    assert re.fullmatch(rf"ratio full/floor step_time={number}", tail[8]), tail
+    assert re.fullmatch(rf"ratio lora/floor step_time={number}", tail[9]), tail
+    assert re.fullmatch(rf"ratio sampled/dense grad_phi@1%={number}", tail[10]), tail
+    counts = {m: int(c.replace(",", "")) for m, c in re.findall(r"^([a-z-]+)\s+\d+\.\d+.*\s([\d,]+)$", out.stdout,
+                                                                   re.MULTILINE)}
+    assert set(counts) == {"floor", "full", "lora", "spiel-ag", "spiel-ma", "shira", "supertuning"}, out.stdout
+    for method in ("spiel-ag", "spiel-ma", "shira", "supertuning"):  # the same budget as LoRA's (within rounding)
+        assert abs(counts[method] - counts["lora"]) <= 0.01 * counts["lora"], counts
+    assert counts["floor"] == 0
 
 
 def test_generation_benchmark_compares_the_two_4bit_paths():

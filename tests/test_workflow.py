@@ -18,17 +18,22 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("configfile", [None, ".test/config.yaml", "config/paper.yaml"])
-def test_dry_run_of_every_config(tmp_path, configfile):
+@pytest.mark.parametrize(("configfile", "extension"), [(None, True), (None, False), (".test/config.yaml", True),
+                                                     ("config/paper.yaml", False), ("config/paper.yaml", True)])
+def test_dry_run_of_every_config(tmp_path, configfile, extension):
+    """Job counts of rule all per config, with the static sparse extension (Table 1x) as configured and switched."""
     extra = ["--configfile", configfile] if configfile else []
+    paper = configfile == "config/paper.yaml"
+    if extension == paper:  # the default and micro configs have it on, the paper config off
+        extra += ["--config", f"static_sparse={{enabled: {str(extension).lower()}, sizes: [{'7b' if paper else '135m'}]}}"]
     done = _snakemake(_workdir(tmp_path), "-n", *extra)  # rule all
     assert done.returncode == 0, done.stderr
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
             if line.strip() and line.split()[0] in ("train", "evaluate_all", "evaluate_flan", "evaluate_code",
                                                     "train_ablation", "evaluate_ablation", "train_search",
                                                     "evaluate_search", "select_stage1", "select", "memory",
-                                                    "heldout", "table1h")}
-    sizes = 2 if configfile == "config/paper.yaml" else 1
+                                                    "heldout", "table1h", "table")}
+    sizes = 2 if paper else 1
     # Table 1-2 cells train and evaluate once per seed (micro: 2 seeds; the untrained base model once); search,
     # memory and ablation once
     seeds = 2 if configfile == ".test/config.yaml" else 1
@@ -37,22 +42,32 @@ def test_dry_run_of_every_config(tmp_path, configfile):
     expected = {"train": 21 * seeds, "evaluate_all": 2 + 5 * seeds, "evaluate_flan": 8 * seeds,
                 "evaluate_code": 12 * seeds}
     # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each
-    ablations = 8 if configfile == "config/paper.yaml" else 4
+    ablations = 8 if paper else 4
     # Search points per size. Paper (App. D): (IA)3 4 lr; LoRA 4 lr × 4 r; SpIEL-AG and -MA 4 lr × 4 r, then λ at
     # r = 64 with the best lr: 5 values, of which the first is already a stage-1 point → 4 more each (60).
     # Default: (IA)3 2 lr; LoRA 2 lr × 1 r; SpIEL 2 lr × 1 r + 1 more λ each. Micro: LoRA 1 lr × 2 r, else same.
-    points = 4 + 4 * 4 + 2 * (4 * 4 + 4) if configfile == "config/paper.yaml" else 2 + 2 + 2 * (2 + 1)
+    points = 4 + 4 * 4 + 2 * (4 * 4 + 4) if paper else 2 + 2 + 2 * (2 + 1)
     search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
     # Table 3 per size: 6 methods × checkpointing off/on (micro: LoRA and SpIEL-AG, off only)
     memory = 2 if configfile == ".test/config.yaml" else 6 * 2
     # held-out loss (not in the paper config): the base model on the 3 splits once, 5 trained rows on theirs per seed
-    heldout = {} if configfile == "config/paper.yaml" else {"heldout": 3 + 5 * 3 * seeds, "table1h": 1}
+    heldout = {} if paper else {"heldout": 3 + 5 * 3 * seeds, "table1h": 1}
     want = {**{k: v * sizes for k, v in {**expected, **search, "memory": memory, **heldout}.items()},
-            "train_ablation": ablations, "evaluate_ablation": ablations}
-    if configfile == "config/paper.yaml":
+            "train_ablation": ablations, "evaluate_ablation": ablations, "table": 2}
+    if paper:
         # paper Table 1: Tülu v2 FullIFT is the released Tülu 2 model (evaluated, not trained) at both sizes;
         # no 13b FullIFT on Flan v2 or GPT4-Alpaca (one fewer Flan and one fewer code evaluation)
         want.update(train=2 * 21 - 1 - 3, evaluate_flan=2 * 8 - 1, evaluate_code=2 * 12 - 1)
+    if extension:
+        # at one size, Table 1x's 3 new rows × 3 datasets per seed (LoRA and SpIEL rows are Table 1's): 9
+        # trainings, 3 Tülu and 3 Flan evaluations, 3 GPT4-Alpaca and 3 composed HumanEval; the search: SHiRA and
+        # Super-Tuning as LoRA, SpIEL-fixed as SpIEL-AG (a λ stage); Table 3: SHiRA and Super-Tuning × checkpointing
+        new = {"train": 9 * seeds, "evaluate_all": 3 * seeds, "evaluate_flan": 3 * seeds, "evaluate_code": 6 * seeds,
+               "table": 1}
+        if configfile != ".test/config.yaml":  # micro: no grid and no memory search for them
+            grid = 3 * (4 * 4) + 4 if paper else 3 * 2 + 1
+            new.update(train_search=grid, evaluate_search=grid, select=3, select_stage1=1, memory=2 * 2)
+        want = {k: want.get(k, 0) + new.get(k, 0) for k in {*want, *new}}
     assert jobs == want
     if configfile == "config/paper.yaml":
         assert "prepare_released         2" in done.stdout

@@ -34,7 +34,7 @@ from ..evaluate.run import MACRO
 from . import stats
 from .stats import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, REPLICATED, Estimate, Stratum
 
-KEYS = {"table1": ["size", "method"], "table2": ["size", "method"], "table3": ["size", "method",
+KEYS = {"table1": ["size", "method"], "table1x": ["size", "method"], "table2": ["size", "method"], "table3": ["size", "method",
         "activation_checkpointing"], "table4": ["size", "method"], "table5": ["schedule", "update_every_steps"]}
 VALUES = {"table3": ["memory_gb", "seconds_per_step"], "table4": ["lr", "r", "lambda"], "table5": ["mmlu", "tydiqa"]}
 VERDICTS = (REPLICATED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
@@ -224,16 +224,16 @@ def _at_least(table: str, columns: list[str], better: str, worse: str) -> Callab
     return measure
 
 
-def _table1_columns(tables: Tables) -> list[str]:
-    frame = tables.frames.get("table1")
+def _score_columns(tables: Tables, table: str) -> list[str]:
+    frame = tables.frames.get(table)
     return [] if frame is None else [c for c in frame.columns[2:] if c != "note"]
 
 
-def _majority(better: str, worse: str) -> Callable[[Tables], Evidence | None]:
-    """``better`` − ``worse`` over every Table 1 column and size (the columns won are in the evidence)."""
+def _majority(better: str, worse: str, table: str = "table1") -> Callable[[Tables], Evidence | None]:
+    """``better`` − ``worse`` over every column and size of ``table`` (the columns won are in the evidence)."""
     def measure(tables: Tables) -> Evidence | None:
-        pairs = [(Ref("table1", size, better, c), Ref("table1", size, worse, c))
-                 for size in tables.sizes("table1") for c in _table1_columns(tables)]
+        pairs = [(Ref(table, size, better, c), Ref(table, size, worse, c))
+                 for size in tables.sizes(table) for c in _score_columns(tables, table)]
         values = [(a.value(tables), b.value(tables)) for a, b in pairs]
         values = [(x, y) for x, y in values if x is not None and y is not None]
         wins = sum(x >= y for x, y in values)
@@ -402,6 +402,8 @@ def _largest_rank(tables: Tables) -> Evidence | None:
 
 
 TABLE2_COLUMNS = ["flan_mmlu", "flan_tydiqa", "alpaca_humaneval"]
+EXTENSION = "beyond the paper"
+"""The source of claims the paper does not make (Table 1x's static sparse baselines): no published data."""
 
 CLAIMS = [
     Claim("spiel_ag_beats_lora_flan_mmlu", "§5.1", "SpIEL-AG scores at least LoRA's Flan v2 MMLU at each size",
@@ -439,6 +441,15 @@ CLAIMS = [
           ("figure2",), _late_growth, direction=-1, unit="share of indices", samples="seeds"),
     Claim("search_picks_largest_rank", "App. D", "The search selects the largest rank for LoRA and SpIEL",
           ("table4",), _largest_rank),
+    # beyond the paper (issue 21): dynamic drop-and-grow against static sparsity at the same budget
+    Claim("spiel_ag_beats_shira", EXTENSION, "SpIEL-AG scores at least SHiRA's (a fixed random mask) over "
+          "Table 1x's columns", ("table1x",), _majority("SpIEL-AG", "SHiRA", "table1x")),
+    Claim("spiel_ag_beats_supertuning", EXTENSION, "SpIEL-AG scores at least Super-Tuning's (fixed "
+          "largest-magnitude support) over Table 1x's columns", ("table1x",),
+          _majority("SpIEL-AG", "Super-Tuning", "table1x")),
+    Claim("drop_and_grow_beats_fixed", EXTENSION, "Drop-and-grow (SpIEL-AG) scores at least SpIEL with η never "
+          "reselected (SpIEL-fixed) over Table 1x's columns", ("table1x",),
+          _majority("SpIEL-AG", "SpIEL-fixed", "table1x")),
 ]
 
 

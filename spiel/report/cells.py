@@ -1,4 +1,4 @@
-"""The cells of Tables 1 and 2: which (size, method, dataset, benchmark) each table has and which evaluation
+"""The cells of Tables 1, 1x and 2: which (size, method, dataset, benchmark) each table has and which evaluation
 (dataset ``base`` for untuned models) fills it. Light to import (no pandas, no torch): the workflow plans its jobs
 from it; where the files lie is the workflow's ``EVAL`` pattern."""
 
@@ -18,6 +18,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                ("tulu", "bbh"), ("tulu", "tydiqa"), ("tulu", "humaneval"), (COMPOSED, "humaneval")],
     "table2": [("flan", "mmlu"), ("flan", "tydiqa"), ("alpaca", "humaneval")],
 }
+COLUMNS["table1x"] = COLUMNS["table1"]
+"""Table 1x (beyond the paper): Table 1's columns for the static sparse baselines beside LoRA and SpIEL."""
 
 
 def column_name(dataset: str, benchmark: str) -> str:

@@ -9,7 +9,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from spiel.methods import check_hyperparameters, method
+from spiel.methods import EXTENSION, check_hyperparameters, method
 from spiel.options import build
 from spiel.report.cells import BASE, COMPOSED, Cell, cells
 from spiel.search import points, searched_as
@@ -29,9 +29,28 @@ ADAPTER = "results/adapters/{size}/{dataset}/{method}/seed-{seed}"
 EVAL = "results/eval/{size}/{dataset}/{method}/seed-{seed}/{benchmark}.json"
 TRAIN_TIMING = "benchmarks/train/{size}/{dataset}/{method}/seed-{seed}.tsv"
 EVAL_TIMING = "benchmarks/evaluate/{size}/{dataset}/{method}/seed-{seed}.tsv"
+STATIC_SPARSE = config["static_sparse"]["enabled"]
+EXTENSION_SIZES = config["static_sparse"].get("sizes", SIZES)  # default: every size
+
+
+def in_run(names):
+    """``names`` without the static sparse baselines (``spiel.methods.EXTENSION``) unless ``static_sparse``."""
+    return [name for name in names if STATIC_SPARSE or name not in EXTENSION]
+
+
+def pairs(sizes, names):
+    """(size, method) of ``sizes`` × ``names``, the static sparse baselines only at ``static_sparse.sizes``."""
+    return [(size, name) for name in names for size in sizes if name not in EXTENSION or size in EXTENSION_SIZES]
+
+
+TABLES = ["table1", "table2", *(["table1x"] if STATIC_SPARSE else [])]
+"""The score tables of the run: Tables 1 and 2, and Table 1x with ``static_sparse``."""
+TABLE_SIZES = {"table1x": EXTENSION_SIZES}
+"""A table's sizes where not every size."""
 SEARCH = config["search"]
-GRID = SEARCH["grid"]
+GRID = {name: SEARCH["grid"][name] for name in in_run(SEARCH["grid"])}
 SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
+SEARCHED = pairs(SEARCH_SIZES, GRID)
 SELECTED = "results/search/{size}/{method}/selected.json"
 SEARCH_ADAPTER = "results/search/{size}/{method}/{point}/adapter"
 SEARCH_EVAL = "results/search/{size}/{method}/{point}/mmlu.json"
@@ -39,6 +58,7 @@ SEARCH_TRAIN_TIMING = "benchmarks/search/{size}/{method}/{point}/train.tsv"
 SEARCH_EVAL_TIMING = "benchmarks/search/{size}/{method}/{point}/evaluate.tsv"
 STAGE1 = "results/search/{size}/{method}/stage1.json"
 MEMORY = config["memory"]
+MEMORY_METHODS = in_run(MEMORY["methods"])
 MEMORY_SIZES = MEMORY.get("sizes", SIZES)  # default: every size
 ABLATION = config["ablation"]
 ABLATION_SIZE = ABLATION.get("size", SIZES[0])  # default: the first size
@@ -123,13 +143,17 @@ def check_config():
     settings fit together (a batch of whole micro-batches) and every method's hyperparameters are ones it takes."""
     from spiel.settings import TrainConfig
 
+    unknown = sorted(set(EXTENSION_SIZES) - set(SIZES))
+    if unknown:
+        raise ValueError(f"static_sparse.sizes: {unknown} not among models ({', '.join(SIZES)})")
+
     for where, settings in (("training", config["training"]),
                             ("memory.training", {**config["training"], **MEMORY["training"]})):
         build(TrainConfig, settings, where)
     for size in SIZES:
         for name in {**config["hyperparameters"], **config["models"][size].get("hyperparameters", {})}:
             check_hyperparameters(name, method_hp(size, name), f"hyperparameters.{name} (size {size})")
-        for name in MEMORY["methods"]:
+        for name in MEMORY_METHODS:
             if method_hp(size, name):  # none configured: its memory job says so if Table 3 is asked for
                 check_hyperparameters(name, memory_hp(size, name), f"memory.hyperparameters.{name} (size {size})")
 
@@ -144,7 +168,7 @@ def selection(wildcards, name=None):
     """The search selection that a training cell of method ``name`` (default the wildcard's) trains with:
     only when ``search.enabled`` and the search covers its method (or full-precision counterpart) and size."""
     name = searched_as(name or wildcards.method)
-    if SEARCH["enabled"] and name in GRID and wildcards.size in SEARCH_SIZES:
+    if SEARCH["enabled"] and (wildcards.size, name) in SEARCHED:
         return SELECTED.format(size=wildcards.size, method=name)
     return []
 
@@ -199,7 +223,12 @@ def table_evaluations(table):
     """``CELL/SEED`` → evaluation file of every cell of ``table`` and each of its seeds (``spiel table --result``)."""
     return {f"{cell.key}/{seed}": EVAL.format(size=cell.size, dataset=cell.evaluated_on, method=cell.method,
                                               seed=seed, benchmark=cell.benchmark)
-            for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK) for seed in cell_seeds(cell)}
+            for cell in table_cells(table) for seed in cell_seeds(cell)}
+
+
+def table_cells(table):
+    """Every filled cell of ``table`` in this run (``spiel.report.cells.cells``)."""
+    return cells(table, TABLE_SIZES.get(table, SIZES), config["tables"][table], FULLIFT_BLANK)
 
 
 def heldout_evaluations():
@@ -225,24 +254,23 @@ def table_inputs(table):
 
 def final_outputs():
     """The final targets (``all``): every table and figure the config asks for, and the audit."""
-    tables = ["results/table1.csv", "results/table2.csv", *(["results/table3.csv"] if MEMORY["methods"] else []),
-              *(["results/table4.csv"] if GRID else []),
-              *(["results/table5.csv"] if ABLATION["update_intervals"] else [])]
+    tables = [f"results/{table}.csv" for table in TABLES]
+    tables += [*(["results/table3.csv"] if MEMORY_METHODS else []), *(["results/table4.csv"] if GRID else []),
+               *(["results/table5.csv"] if ABLATION["update_intervals"] else [])]
     tables += ["results/table1h.csv"] if config["heldout"] else []
     figures = ["results/figure2.png", *(["results/figure4.png"] if GRID else [])]
     return {"tables": tables, "figures": figures, "audit": "results/audit.md"}
 
 
 def audit_inputs():
-    """Every file the audit reads: the tables with their source records, the evaluations behind Tables 1 and 2
+    """Every file the audit reads: the tables with their source records, the evaluations behind Tables 1, 2 and 1x
     (per-item scores), the search selections and their evaluations (Table 4's ranks), Figure 2's data and the
     memory results (brackets and per-step times)."""
     tables = final_outputs()["tables"]
     records = [table.replace(".csv", ".json") for table in tables]
-    selections = [SELECTED.format(size=s, method=m) for s in SEARCH_SIZES for m in GRID]
-    searched = [SEARCH_EVAL.format(size=s, method=m, point=p.label) for s in SEARCH_SIZES for m in GRID
-                for p in points(GRID[m])]
-    return {"tables": tables, "records": records, "evaluations": table_inputs("table1") + table_inputs("table2"),
+    selections = [SELECTED.format(size=s, method=m) for s, m in SEARCHED]
+    searched = [SEARCH_EVAL.format(size=s, method=m, point=p.label) for s, m in SEARCHED for p in points(GRID[m])]
+    return {"tables": tables, "records": records, "evaluations": [f for t in TABLES for f in table_inputs(t)],
             "selections": selections, "searched": searched, "figure2": "results/figure2.csv",
             "memory": memory_results(), "trained": provenance_inputs()["trained"]}
 
@@ -253,17 +281,16 @@ def provenance_inputs():
     (wall time per stage: the folder under ``benchmarks/``). The benchmark files are passed, not declared: a
     missing one is skipped, never a reason to retrain, and a rerun job also reruns the audit through its outputs."""
     trained, evaluated = set(), set()
-    for table in ("table1", "table2"):
-        for cell in cells(table, SIZES, config["tables"][table], FULLIFT_BLANK):
+    for table in TABLES:
+        for cell in table_cells(table):
             for seed in cell_seeds(cell):
                 run = {"size": cell.size, "method": cell.method, "seed": seed}
                 evaluated.add(EVAL_TIMING.format(dataset=cell.evaluated_on, **run))
                 if cell.evaluated_on in DATASETS and trained_here(cell):
                     trained.add((cell.size, cell.dataset, cell.method, seed))
-    memory = [MEMORY_TIMING.format(size=s, method=m, checkpointing=c) for s in MEMORY_SIZES
-              for m in MEMORY["methods"] for c in ("on" if flag else "off" for flag in MEMORY["checkpointing"])]
-    search = [pattern.format(size=s, method=m, point=p.label) for s in SEARCH_SIZES for m in GRID
-              for p in points(GRID[m]) for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
+    memory = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv") for path in memory_results()]
+    search = [pattern.format(size=s, method=m, point=p.label) for s, m in SEARCHED for p in points(GRID[m])
+              for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
     heldout = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv")  # rule heldout's benchmark
                for path in (heldout_evaluations().values() if config["heldout"] else [])]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
@@ -273,8 +300,8 @@ def provenance_inputs():
 
 def memory_results():
     """Table 3's memory search results: size × method × activation checkpointing off/on."""
-    return expand(MEMORY_RESULT, size=MEMORY_SIZES, method=MEMORY["methods"],
-                  checkpointing=["on" if flag else "off" for flag in MEMORY["checkpointing"]])
+    return [MEMORY_RESULT.format(size=s, method=m, checkpointing="on" if flag else "off")
+            for s, m in pairs(MEMORY_SIZES, MEMORY_METHODS) for flag in MEMORY["checkpointing"]]
 
 
 FLAN_BENCHMARKS = ["mmlu", "tydiqa"]

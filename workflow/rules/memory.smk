@@ -12,7 +12,7 @@ rule memory:
     benchmark:
         MEMORY_TIMING
     wildcard_constraints:
-        method="|".join(MEMORY["methods"]) or "none",
+        method="|".join(MEMORY_METHODS) or "none",
         checkpointing="on|off",
     params:
         settings=memory_settings,

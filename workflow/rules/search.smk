@@ -93,7 +93,7 @@ rule select:
         "--point {params.points} --out {output} > {log} 2>&1"
 
 
-SELECTIONS = {(size, name): SELECTED.format(size=size, method=name) for size in SEARCH_SIZES for name in GRID}
+SELECTIONS = {(size, name): SELECTED.format(size=size, method=name) for size, name in SEARCHED}
 SELECTION_ARGS = " ".join(f"{size}/{name}={path}" for (size, name), path in SELECTIONS.items())
 
 
