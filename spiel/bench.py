@@ -1,11 +1,12 @@
 """Benchmark: step time and peak memory of full FT, LoRA, SpIEL-AG/MA, SHiRA, Super-Tuning and the floor; ∂L/∂φ.
 
 ``python -m spiel.bench`` trains a small random-initialised Llama with the code users train with
-(``spiel.methods.wrap``, ``spiel.train.target_loss``), every method at the same LoRA-rank-equivalent budget (peft's static sparse SHiRA and
-Super-Tuning too, beyond the paper) and each in its own process, then times the two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the
-frozen model's forward and its backward to the inputs with no parameter gradient: the least any fine-tuning
-method costs per step. It prints a table and ends with ratio lines (to LoRA and to the floor) measured in this
-one run. Numbers are machine-dependent; quote medians and ratios.
+(``spiel.methods.wrap``, ``spiel.train.target_loss``), every method at the same LoRA-rank-equivalent budget
+(peft's static sparse SHiRA and Super-Tuning too, beyond the paper) and each in its own process, then times the
+two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the frozen model's forward and its backward
+to the inputs with no parameter gradient: the least any fine-tuning method costs per step. It prints a table
+and ends with ratio lines (to LoRA and to the floor) measured in this one run. Numbers are machine-dependent;
+quote medians and ratios.
 """
 
 from __future__ import annotations

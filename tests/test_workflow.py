@@ -25,7 +25,8 @@ def test_dry_run_of_every_config(tmp_path, configfile, extension):
     extra = ["--configfile", configfile] if configfile else []
     paper = configfile == "config/paper.yaml"
     if extension == paper:  # the default and micro configs have it on, the paper config off
-        extra += ["--config", f"static_sparse={{enabled: {str(extension).lower()}, sizes: [{'7b' if paper else '135m'}]}}"]
+        switch = f"{{enabled: {str(extension).lower()}, sizes: [{'7b' if paper else '135m'}]}}"
+        extra += ["--config", f"static_sparse={switch}"]
     done = _snakemake(_workdir(tmp_path), "-n", *extra)  # rule all
     assert done.returncode == 0, done.stderr
     jobs = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()

@@ -34,8 +34,9 @@ from ..evaluate.run import MACRO
 from . import stats
 from .stats import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, REPLICATED, Estimate, Stratum
 
-KEYS = {"table1": ["size", "method"], "table1x": ["size", "method"], "table2": ["size", "method"], "table3": ["size", "method",
-        "activation_checkpointing"], "table4": ["size", "method"], "table5": ["schedule", "update_every_steps"]}
+KEYS = {"table1": ["size", "method"], "table1x": ["size", "method"], "table2": ["size", "method"],
+        "table3": ["size", "method", "activation_checkpointing"], "table4": ["size", "method"],
+        "table5": ["schedule", "update_every_steps"]}
 VALUES = {"table3": ["memory_gb", "seconds_per_step"], "table4": ["lr", "r", "lambda"], "table5": ["mmlu", "tydiqa"]}
 VERDICTS = (REPLICATED, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
 PAPER_RANKS = [8, 16, 32, 64]
