@@ -104,11 +104,12 @@ def test_bad_config_is_rejected_naming_the_key_before_any_job(tmp_path, key, val
 @pytest.mark.parametrize(("name", "methods"), [
     ("table1", ["Original", "FullIFT", "(IA)3", "LoRA", "SpIEL-AG", "SpIEL-MA"]),
     ("table2", ["Original (4-bit)", "qLoRA", "qSpIEL-AG", "qSpIEL-MA"]),
+    ("table1x", ["LoRA", "SHiRA", "Super-Tuning", "SpIEL-fixed", "SpIEL-AG", "SpIEL-MA"]),  # beyond the paper
 ])
 def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, name, methods):
     table = pd.read_csv(micro / f"results/{name}.csv")
     assert list(table["method"]) == methods
-    paper = pd.read_csv(micro / f"config/paper_results/{name}.csv")
+    paper = pd.read_csv(micro / f"config/paper_results/{name.replace('1x', '1')}.csv")  # 1x: Table 1's columns
     assert list(table.columns) == [c for c in paper.columns if c != "note"]
     record = json.loads((micro / f"results/{name}.json").read_text())
     sources, spreads = record["sources"], record["spread"]
@@ -130,6 +131,12 @@ def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, nam
     if name == "table1":
         composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"][0]).read_text())
         assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
+    elif name == "table1x":  # the rows it shares with Table 1 are the same evaluations
+        table1 = json.loads((micro / "results/table1.json").read_text())["sources"]
+        assert all(sources[k] == table1[k] for k in sources if k.split("/")[1] in ("LoRA", "SpIEL-AG", "SpIEL-MA"))
+        for label in ("SHiRA", "Super-Tuning"):
+            composed = json.loads((micro / sources[f"tiny/{label}/tulu_plus_alpaca_humaneval"][0]).read_text())
+            assert len(composed["adapters"]) == 2
     else:
         qlora = json.loads((micro / sources["tiny/qLoRA/flan_mmlu"][0]).read_text())
         assert len(qlora["adapters"]) == 1 and qlora["load_in_4bit"]  # applied on the NF4-loaded base
@@ -285,6 +292,8 @@ def test_micro_config_audits_every_claim_from_its_result_files(micro):
     # the micro config measures LoRA and SpIEL-AG without checkpointing only: SpIEL-AG vs LoRA is decided
     assert claims.loc["spiel_ag_less_memory_than_lora", "verdict"] != "not measured"
     assert claims.loc["checkpointing_helps_lora_most", "verdict"] == "not measured"
+    for name in ("spiel_ag_beats_shira", "spiel_ag_beats_supertuning", "drop_and_grow_beats_fixed"):
+        assert claims.loc[name, "verdict"] != NOT_MEASURED and claims.loc[name, "in_paper"] == "no published data"
     cell_rows = audit[audit["kind"] == "cell"]
     assert set(cell_rows["table"]) == {"table1", "table2", "table3", "table4", "table5"}
     provenance = json.loads((micro / "results/provenance.json").read_text())
