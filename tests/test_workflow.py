@@ -298,7 +298,7 @@ def test_micro_config_audits_every_claim_from_its_result_files(micro):
     assert set(cell_rows["table"]) == {"table1", "table2", "table3", "table4", "table5"}
     provenance = json.loads((micro / "results/provenance.json").read_text())
     assert provenance["device"].startswith("cpu") and provenance["seed"] == 7
-    assert {"train", "evaluate", "search", "memory"} <= set(provenance["wall_s_per_stage"])
+    assert {"train", "evaluate", "search", "memory", "heldout", "ablation"} <= set(provenance["wall_s_per_stage"])
     assert (micro / "results/audit.md").read_text().startswith("# Replication audit")
 
 

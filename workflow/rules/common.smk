@@ -276,10 +276,11 @@ def audit_inputs():
 
 
 def provenance_inputs():
-    """What the run's provenance reads: the trained folders of Tables 1-2 (their device; audit inputs), and the
-    benchmark files of their training and evaluation jobs, of the hyperparameter search and of the memory search
-    (wall time per stage: the folder under ``benchmarks/``). The benchmark files are passed, not declared: a
-    missing one is skipped, never a reason to retrain, and a rerun job also reruns the audit through its outputs."""
+    """What the run's provenance reads: the trained folders of the score tables (their device; audit inputs), and
+    the benchmark files of their training and evaluation jobs, of the hyperparameter search, the memory search, the
+    held-out losses and Table 5's ablation (wall time per stage: the folder under ``benchmarks/``). The benchmark
+    files are passed, not declared: a missing one is skipped, never a reason to retrain, and a rerun job also
+    reruns the audit through its outputs."""
     trained, evaluated = set(), set()
     for table in TABLES:
         for cell in table_cells(table):
@@ -293,9 +294,13 @@ def provenance_inputs():
               for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
     heldout = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv")  # rule heldout's benchmark
                for path in (heldout_evaluations().values() if config["heldout"] else [])]
+    ablation = [f"benchmarks/ablation/{ABLATION_SIZE}/{schedule}-S{interval}/{job}.tsv"  # Table 5's jobs
+                for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
+                for job in ("train", "evaluate")]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
     return {"trained": [ADAPTER.format(**run) for run in runs],
-            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory + heldout}
+            "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory + heldout
+            + ablation}
 
 
 def memory_results():
