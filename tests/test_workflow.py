@@ -127,7 +127,9 @@ def test_micro_config_produces_the_tables_from_their_evaluation_files(micro, nam
             assert value == round(sum(e["value"] for e in evaluations) / len(evaluations), 2)  # their mean
             assert spreads[key]["values"] == [e["value"] for e in evaluations]
     assert (micro / f"results/{name}.md").read_text().startswith("| Size | Method | Flan v2 MMLU")
-    assert "mean ± standard deviation over n = 1/2 training seeds (7, 8)" in (micro / f"results/{name}.md").read_text()
+    seeds = "2" if name == "table1x" else "1/2"  # Table 1x has no untrained row
+    note = f"mean ± standard deviation over n = {seeds} training seeds (7, 8)"
+    assert note in (micro / f"results/{name}.md").read_text()
     if name == "table1":
         composed = json.loads((micro / sources["tiny/LoRA/tulu_plus_alpaca_humaneval"][0]).read_text())
         assert len(composed["adapters"]) == 2  # Tülu v2 ⊕ GPT4-Alpaca
@@ -373,8 +375,8 @@ def _planned(done) -> dict[str, int]:
 
 
 def test_a_changed_evaluation_reruns_exactly_what_reads_it(micro, tmp_path):
-    """Every file the report jobs read is a declared input: changing one Table 1 evaluation plans that table and
-    the audit (which reads its per-item scores), and nothing else. (Content, not only the mtime:
+    """Every file the report jobs read is a declared input: changing one Table 1 evaluation plans the tables that
+    show it and the audit (which reads its per-item scores), and nothing else. (Content, not only the mtime:
     Snakemake ignores a newer mtime of a small input whose checksum it recorded.)"""
     import shutil
 
@@ -386,4 +388,7 @@ def test_a_changed_evaluation_reruns_exactly_what_reads_it(micro, tmp_path):
     evaluation.write_text(json.dumps(record))
     done = _snakemake(folder, "-n", "--configfile", ".test/config.yaml")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _planned(done) == {"table": 1, "audit": 1, "all": 1}, done.stdout[-3000:]
+    # Table 1 and Table 1x, whose LoRA row is Table 1's evaluations
+    assert _planned(done) == {"table": 2, "audit": 1, "all": 1}, done.stdout[-3000:]
+    assert {"output: results/table1.csv", "output: results/table1x.csv"} <= {
+        line.strip().split(",")[0] for line in done.stdout.splitlines()}
