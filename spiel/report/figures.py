@@ -17,12 +17,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 from matplotlib.ticker import MaxNLocator
-from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ..adapters import adapter_type
 from ..methods import method
 from ..provenance import atomic_open
+from ..tuner import storage
 from ..tuner.model import WEIGHTS_NAME
 
 
@@ -30,12 +32,14 @@ def index_ages(adapter: str | Path) -> pd.Series:
     """Proportion of a saved SpIEL adapter's indices per ``grown_at`` step, over all its tensors."""
     adapter_type(adapter)  # whole files, or an error naming the file
     counts: dict[int, int] = {}
-    with safe_open(str(Path(adapter) / WEIGHTS_NAME), framework="pt") as tensors:
-        for key in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            if key.endswith(".grown_at"):
-                steps, n = tensors.get_tensor(key).unique(return_counts=True)
-                for step, count in zip(steps.tolist(), n.tolist(), strict=True):
-                    counts[step] = counts.get(step, 0) + count
+    tensors = load_file(str(Path(adapter) / WEIGHTS_NAME))
+    for name in storage.modules(tensors):
+        grown_at = storage.decode(name, tensors, torch.int64)[2]
+        if grown_at is None:
+            continue
+        steps, n = grown_at.unique(return_counts=True)
+        for step, count in zip(steps.tolist(), n.tolist(), strict=True):
+            counts[step] = counts.get(step, 0) + count
     if not counts:
         raise ValueError(f"{adapter}: no SpIEL index ages (not a SpIEL adapter?)")
     series = pd.Series(counts).sort_index()

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import storage
 from .budget import entries_per_tensor
 from .config import SpielConfig
-from .delta import SparseDelta
+from .delta import SparseDelta, index_dtype
 from .layers import SpielLinear, is_4bit
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-_FIELDS = ("indices", "values", "grown_at")
 
 
 class SpielModel(nn.Module):
@@ -177,15 +177,17 @@ class SpielModel(nn.Module):
         return self.base_model
 
     # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, adapter_name: str | None = None) -> None:
-        """``adapter_config.json`` (with the target shapes) + ``adapter_model.safetensors``."""
+    def save_pretrained(self, directory: str | Path, adapter_name: str | None = None, ages: bool = True) -> None:
+        """``adapter_config.json`` (with the target shapes) + ``adapter_model.safetensors`` in the compact layout
+        (``spiel.tuner.storage``); ``ages=False`` leaves out when each entry was grown (Figure 2's data), which
+        serving does not need."""
         adapter_name = adapter_name or self.active_adapters[0]
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         deltas = self.deltas(adapter_name)
-        tensors = {f"{name}.{f}": getattr(d, f).detach().contiguous().cpu() for name, d in deltas.items()
-                   for f in _FIELDS}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        tensors = {k: v for name, d in deltas.items()
+                   for k, v in storage.encode(name, d.indices, d.values, d.grown_at if ages else None).items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "spiel_format": storage.FORMAT})
         self.peft_config[adapter_name].save(directory, target_shapes={n: list(d.shape) for n, d in deltas.items()})
 
     def load_adapter(self, directory: str | Path, adapter_name: str = "default") -> None:
@@ -201,15 +203,18 @@ class SpielModel(nn.Module):
                 raise ValueError(f"adapter {directory} was made for {name} of shape {tuple(shape)}, "
                                  f"but this model's is {layers[name].shape}")
         tensors = load_file(str(Path(directory) / WEIGHTS_NAME))
-        modules = {key.rsplit(".", 1)[0] for key in tensors}
-        for name in sorted(modules):
+        for name in storage.modules(tensors):
             if name not in layers:
                 raise ValueError(f"adapter {directory} has tensors for {name}, which this model does not have")
             layer = layers[name]
             device = _device_of(layer.base_layer)
-            parts = {f: tensors[f"{name}.{f}"].to(device) for f in _FIELDS}
-            layer.spiel_deltas[adapter_name] = SparseDelta(layer.shape, parts["indices"], parts["values"],
-                                                           parts["grown_at"], parts["values"].dtype)
+            try:
+                indices, values, grown_at = storage.decode(name, tensors, index_dtype(layer.shape[0] * layer.shape[1]))
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"adapter {directory}: {name}: {error}") from None
+            layer.spiel_deltas[adapter_name] = SparseDelta(
+                layer.shape, indices.to(device), values.to(device),
+                None if grown_at is None else grown_at.to(device), values.dtype)
         self.peft_config[adapter_name] = config
         self.set_adapter(adapter_name)
 
