@@ -29,6 +29,9 @@ class SpielLinear(nn.Module):
         self.grad_mode = "dense"
         self.observer: GradientObserver | None = None
         self._inference: tuple | None = None  # (key, merged weight, its deltas' tensors) for 4-bit inference
+        self.row_adapters: list[str | None] | None = None
+        """Set for a mixed batch (``SpielModel.adapter_per_row``): the adapter of each batch row, None for the base."""
+        self._csr: dict[str, tuple] = {}  # adapter → (key, Δ as a sparse CSR matrix) for mixed batches
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -60,6 +63,8 @@ class SpielLinear(nn.Module):
         return self._inference[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.row_adapters is not None:
+            return self.mixed_forward(x)
         merged = {name for name, _ in self.merged}
         active = [self.spiel_deltas[n] for n in self.active_adapters if n not in merged]
         if not active:
@@ -71,6 +76,34 @@ class SpielLinear(nn.Module):
         values, indices = _joined(active)
         return sparse_linear(x, values, indices, self.base_weight, self.base_layer.bias,
                              self.grad_mode, self.observer)
+
+    @torch.no_grad()
+    def mixed_forward(self, x: Tensor) -> Tensor:
+        """x·Wᵀ for every row, plus x·Δₐᵀ for the rows of each adapter a (``row_adapters``), Δₐ a sparse CSR matrix
+        multiplied over its entries only: requests for different adapters in one batch, nothing merged."""
+        if len(self.row_adapters) != x.shape[0]:
+            raise ValueError(f"{len(self.row_adapters)} row adapters for a batch of {x.shape[0]}")
+        out = self.base_layer(x)
+        for name in dict.fromkeys(n for n in self.row_adapters if n is not None):
+            if name not in self.spiel_deltas:
+                continue  # an adapter that leaves this layer alone
+            rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
+            inputs = x.index_select(0, rows)
+            flat = inputs.reshape(-1, inputs.shape[-1])
+            update = torch.sparse.mm(self.delta_csr(name, x.dtype), flat.t()).t()
+            out.index_add_(0, rows, update.reshape(*inputs.shape[:-1], -1).to(out.dtype))
+        return out
+
+    def delta_csr(self, name: str, dtype: torch.dtype) -> Tensor:
+        """Δ of adapter ``name`` as an ``out × in`` sparse CSR matrix in ``dtype``, kept while φ is unchanged."""
+        delta = self.spiel_deltas[name]
+        key = (dtype, id(delta.values), delta.values._version)
+        if name not in self._csr or self._csr[name][0] != key:
+            rows, cols = delta.indices.long() // self.shape[1], delta.indices.long() % self.shape[1]
+            coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), delta.values.detach().to(dtype), self.shape,
+                                          check_invariants=False)  # η is checked unique, sorted, in range
+            self._csr[name] = (key, coo.coalesce().to_sparse_csr())
+        return self._csr[name][1]
 
     @torch.no_grad()
     def merge(self, name: str) -> None:

@@ -130,6 +130,26 @@ class SpielModel(nn.Module):
         finally:
             self.set_adapter(previous)
 
+    @contextlib.contextmanager
+    def adapter_per_row(self, names: list[str | None]):
+        """Within the block, batch row i runs with adapter ``names[i]`` (None: the base model), without merging:
+        many adapters served in one forward pass (``SpielLinear.mixed_forward``), as peft's ``adapter_names=``
+        does for LoRA. Inference only; no adapter may be merged."""
+        unknown = sorted({n for n in names if n is not None} - set(self.peft_config))
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; loaded: {sorted(self.peft_config)}")
+        layers = self.spiel_layers().values()
+        if any(layer.merged for layer in layers):
+            raise ValueError("unmerge the adapters first: a mixed batch adds every delta to the base weights")
+        try:
+            for layer in layers:
+                layer.row_adapters = list(names)
+            with torch.no_grad():
+                yield self
+        finally:
+            for layer in layers:
+                layer.row_adapters = None
+
     def compose(self, adapter_names: list[str], new_name: str) -> None:
         """A new adapter equal to the sum of the given ones (union of η, values summed)."""
         for name in adapter_names:
