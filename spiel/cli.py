@@ -442,6 +442,23 @@ def cmd_table(args: argparse.Namespace) -> None:
                  {"table": args.table, "sources": sources, "spread": spreads, "notes": notes}, Path(args.out))
 
 
+def _export_lora_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", required=True, help="a saved SpIEL adapter folder")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank r of the export")
+    p.add_argument("--out", required=True, help="the peft LoRA adapter folder to write")
+
+
+@command("export-lora", _export_lora_arguments, help="a SpIEL adapter as a peft LoRA adapter (truncated SVD)",
+         description="Factorise each layer's sparse delta at rank r (truncated SVD) and write a peft LoRA adapter "
+                     "with OUT/export.json giving each layer's relative error.")
+def cmd_export_lora(args: argparse.Namespace) -> None:
+    from .export import export_lora
+
+    errors = export_lora(args.adapter, args.out, args.rank)
+    print(f"rank {args.rank}: relative error of ΔW mean {sum(errors.values()) / len(errors):.4f}, "
+          f"max {max(errors.values()):.4f} over {len(errors)} layers; {args.out}")
+
+
 def _table1h_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", required=True)
     p.add_argument("--methods", nargs="+", required=True)

@@ -61,3 +61,31 @@ def test_a_mixed_batch_refuses_unknown_or_merged_adapters():
     model.merge_adapter(["a0"])
     with pytest.raises(ValueError, match="unmerge"), model.adapter_per_row(["a0"]):
         pass
+
+
+def test_lora_export_error_falls_with_rank_and_loads_in_peft(tmp_path, batch):
+    from peft import PeftModel
+
+    from spiel.export import export_lora
+    from spiel.identity import base_identity, save_base_identity
+
+    model = _with_adapters(1)
+    model.save_pretrained(tmp_path / "spiel")
+    save_base_identity(base_identity(tiny_llama()), tmp_path / "spiel")
+    with torch.no_grad():
+        expected = model(input_ids=batch).logits
+    mean_errors, logit_errors = [], []
+    for rank in (1, 4, 16):
+        errors = export_lora(tmp_path / "spiel", tmp_path / f"lora-{rank}", rank)
+        mean_errors.append(sum(errors.values()) / len(errors))
+        lora = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / f"lora-{rank}")).eval()
+        with torch.no_grad():
+            logit_errors.append(float((lora(input_ids=batch).logits - expected).norm() / expected.norm()))
+        # the exported factors are what peft applies: W + B·A (scaling 1) for one layer, checked against Δ
+        layer = lora.base_model.model.model.layers[0].self_attn.k_proj
+        delta = model.deltas()["model.layers.0.self_attn.k_proj"].to_dense()
+        product = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        relative = float((delta - product).norm() / delta.norm())
+        assert abs(relative - errors["model.layers.0.self_attn.k_proj"]) < 1e-5
+    assert mean_errors[0] > mean_errors[1] > mean_errors[2] and logit_errors[0] > logit_errors[1] > logit_errors[2]
+    assert errors["model.layers.0.self_attn.k_proj"] < 1e-5  # rank 16 is the k projection's full rank (16 × 32)
