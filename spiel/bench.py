@@ -6,7 +6,7 @@
 two ways of computing ∂L/∂φ (Eq. 6 vs App. E). The ``floor`` row is the frozen model's forward and its backward
 to the inputs with no parameter gradient: the least any fine-tuning method costs per step. It prints a table
 and ends with ratio lines (to LoRA and to the floor) measured in this one run. Numbers are machine-dependent;
-quote medians and ratios.
+quote medians and ratios. ``python -m spiel.bench serve`` is the serving benchmark (``spiel.bench_serve``).
 """
 
 from __future__ import annotations
@@ -169,6 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # `python -m spiel.bench serve`: the serving benchmark (spiel.bench_serve)
+        from .bench_serve import main as serve
+
+        return serve(argv[1:])
     args = parse_args(argv)
     results = {}
     for method in METHODS:  # each in a fresh process (spiel.fresh): its peak memory is its own

@@ -39,3 +39,19 @@ def test_decontamination_benchmark_drops_exactly_the_quoting_conversations():
                          text=True, check=True).stdout
     quoted = int(re.search(r"quoted=(\d+)", out).group(1))
     assert quoted > 0 and re.search(rf"^dropped={quoted} ", out, re.MULTILINE), out
+
+
+def test_serving_benchmark_prints_its_ratio_lines():
+    args = ["serve", "--layers", "1", "--big-layers", "1", "--big-rank", "4", "--batch", "4", "--seq-len", "8",
+            "--adapters", "1", "2", "--export-ranks", "2", "8", "--reps", "1", "--threads", "1"]
+    out = subprocess.run([sys.executable, "-m", "spiel.bench", *args], capture_output=True, text=True,
+                         check=True).stdout
+    tail = out.strip().splitlines()[-7:]
+    number = r"\d+\.\d+"
+    names = ["spiel/lora file_bytes_per_param", "spiel-serving/lora file_bytes_per_param",
+             "shira/lora file_bytes_per_param", "spiel/lora switch_s@135m", "spiel/lora switch_s@7b-stack",
+             "spiel/lora mixed_tokens_per_s@1", "spiel/lora mixed_tokens_per_s@2"]
+    for line, name in zip(tail, names, strict=True):
+        assert re.fullmatch(rf"ratio {name}={number}", line), tail
+    errors = [float(e) for e in re.findall(r"ΔW relative error (\d+\.\d+)", out)]
+    assert len(errors) == 2 and errors[0] > errors[1]  # the export's error falls as r grows

@@ -46,7 +46,7 @@ def _trained_adapter(seed: int = 0) -> SpielModel:
     generator = torch.Generator().manual_seed(seed)
     for step, delta in enumerate(model.deltas().values()):
         delta.values.data = torch.randn(len(delta), generator=generator)
-        delta.grown_at.copy_(torch.randint(0, 3, (len(delta),), generator=generator) * 20 + step % 2)
+        delta.grown_at.copy_(torch.randint(0, 3, (len(delta),), generator=generator) * 20 + step % 2)  # 6 ages
     return model
 
 
@@ -72,7 +72,7 @@ def test_saved_adapter_loads_bit_for_bit_and_smaller_than_the_first_layout(tmp_p
                for a, b in zip(parts, _deltas(from_old)[n], strict=True))
     compact = sum(t.numel() * t.element_size() for t in load_file(str(tmp_path / "compact" / WEIGHTS_NAME)).values())
     first = sum(t.numel() * t.element_size() for t in old.values())
-    assert compact < 0.6 * first  # 4 + ~1 + 1 bytes per entry instead of 4 + 4 + 4
+    assert compact < 0.5 * first  # 4 + ~1 (η) + 3 bits (6 ages) per entry instead of 4 + 4 + 4
 
 
 def test_an_adapter_saved_without_ages_serves_the_same_delta(tmp_path):
@@ -84,3 +84,19 @@ def test_an_adapter_saved_without_ages_serves_the_same_delta(tmp_path):
     for name, delta in model.deltas().items():
         again = loaded.deltas()[name]
         assert torch.equal(again.to_dense(), delta.to_dense()) and not again.grown_at.any()
+
+
+@pytest.mark.parametrize("distinct", [1, 2, 5, 40, 256, 300])
+def test_ages_round_trip_for_any_number_of_update_steps(distinct):
+    from spiel.tuner.storage import decode, encode
+
+    generator = torch.Generator().manual_seed(distinct)
+    grown_at = (torch.randint(0, distinct, (1001,), generator=generator) * 20).to(torch.int32)
+    indices, values = torch.arange(1001) * 3, torch.randn(1001, generator=generator)
+    tensors = encode("m", indices, values, grown_at)
+    assert ("m.age_codes" in tensors) == (distinct <= 256)
+    if distinct <= 256:  # ⌈log₂ distinct⌉ bits per entry (at least one)
+        assert tensors["m.age_codes"].numel() == -(-1001 * max(1, (distinct - 1).bit_length()) // 8)
+    again = decode("m", tensors, torch.int32)
+    assert torch.equal(again[0], indices.to(torch.int32)) and torch.equal(again[1], values)
+    assert torch.equal(again[2], grown_at)

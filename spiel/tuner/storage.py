@@ -1,12 +1,13 @@
-"""The adapter file's compact layout: η as LEB128-coded gaps, ages as one-byte codes into their few steps.
+"""The adapter file's compact layout: η as LEB128-coded gaps, ages as bit-packed codes into their few steps.
 
 η is sorted and unique (``SparseDelta``), so it is stored as the gaps between consecutive flat positions (the first
 gap is the first position), each in LEB128: 7 bits per byte, the high bit set on every byte but a number's last.
 At density d the mean gap is 1/d (≈ 42 at LLaMA-2 7b's r = 64 budget, 2.4 %), so most gaps take one byte and the
 index costs ≈ 1.05 bytes per entry instead of int32's 4. Ages (``grown_at``, the step at which each entry was last
-grown, Figure 2) take only the few values of the update steps: one byte each, a code into a table of those steps,
-where there are at most 256 (else int32 as before). Deployment may leave them out (``ages=False``): serving needs
-φ and η only. Files of the first layout (int32/int64 ``indices``, int32 ``grown_at``) still load.
+grown, Figure 2) take only the few values of the update steps: each is a code into a table of those steps, packed
+in ⌈log₂ steps⌉ bits (3 bits for up to 8 distinct steps, 6 for the paper's ~40 at 7b), where there are at
+most 256 (else int32 as before). Deployment may leave them out (``ages=False``): serving needs φ and η only.
+Files of the first layout (int32/int64 ``indices``, int32 ``grown_at``) still load.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def encode(prefix: str, indices: Tensor, values: Tensor, grown_at: Tensor | None
         return tensors
     steps, codes = torch.unique(grown_at.detach().cpu(), return_inverse=True)
     if steps.numel() <= _MAX_CODES:
-        tensors[f"{prefix}.age_codes"] = codes.to(torch.uint8)
+        bits = max(1, (steps.numel() - 1).bit_length())
+        matrix = np.unpackbits(codes.numpy().astype(np.uint8)[:, None], axis=1)[:, 8 - bits:]
+        tensors[f"{prefix}.age_codes"] = torch.from_numpy(np.packbits(matrix.reshape(-1)))
         tensors[f"{prefix}.age_steps"] = steps.to(torch.int32)
     else:
         tensors[f"{prefix}.grown_at"] = grown_at.detach().contiguous().cpu().to(torch.int32)
@@ -78,7 +81,17 @@ def decode(prefix: str, tensors: dict[str, Tensor], index_dtype: torch.dtype) ->
     else:
         indices = decode_indices(tensors[f"{prefix}.index_gaps"], values.numel(), index_dtype)
     if f"{prefix}.age_codes" in tensors:
-        grown_at = tensors[f"{prefix}.age_steps"][tensors[f"{prefix}.age_codes"].long()]
+        steps, count = tensors[f"{prefix}.age_steps"], values.numel()
+        bits = max(1, (steps.numel() - 1).bit_length())
+        packed = np.unpackbits(tensors[f"{prefix}.age_codes"].numpy())
+        if packed.size < count * bits:
+            raise ValueError(f"age codes hold {packed.size // bits} entries, {count} values are stored")
+        matrix = np.zeros((count, 8), dtype=np.uint8)
+        matrix[:, 8 - bits:] = packed[:count * bits].reshape(count, bits)
+        codes = torch.from_numpy(np.packbits(matrix, axis=1)[:, 0].astype(np.int64))
+        if count and int(codes.max()) >= steps.numel():
+            raise ValueError("age codes point past their table of steps")
+        grown_at = steps[codes]
     else:
         grown_at = tensors.get(f"{prefix}.grown_at")
     return indices, values, grown_at
