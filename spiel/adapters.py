@@ -157,5 +157,6 @@ def apply_adapters(model: nn.Module, adapters: list[str | Path], merge: bool = T
         extra = {"combination_type": "cat"} if kinds == {"LORA"} else {}
         wrapped.add_weighted_adapter(names, [1.0] * len(names), "composed", **extra)
         names = ["composed"]
-    wrapped.base_model.set_adapter(names)  # several sparse adapters (SHiRA, Super-Tuning): their ΔW add up
+    # several sparse adapters (SHiRA, Super-Tuning) active together: their ΔW add up
+    wrapped.base_model.set_adapter(names, inference_mode=True)
     return wrapped.merge_and_unload(adapter_names=names) if merge else wrapped

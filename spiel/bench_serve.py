@@ -40,7 +40,7 @@ def build(shape: dict, layers: int, seed: int = 0):
 
 
 def spiel_adapters(model, rank: int, count: int):
-    """``model`` with ``count`` SpIEL adapters (a0, a1, …) at LoRA rank ``rank``'s budget, random η and φ."""
+    """``model`` with ``count`` SpIEL adapters (a0, a1, …) at LoRA rank ``rank``'s budget, random η, φ and ages."""
     from .tuner import SpielConfig, get_spiel_model
 
     wrapped = get_spiel_model(model, SpielConfig(lora_rank=rank, seed=0), "a0")
@@ -51,6 +51,8 @@ def spiel_adapters(model, rank: int, count: int):
         for delta in layer.spiel_deltas.values():
             delta.values.data = 1e-3 * torch.randn(len(delta), generator=generator)
             delta.values.requires_grad_(False)
+            # ages as after the paper's 7b Flan v2 run (782 steps, S = 20): 40 distinct steps, 6 bits each on file
+            delta.grown_at.copy_(torch.randint(0, 40, (len(delta),), generator=generator) * 20)
     return wrapped.eval()
 
 

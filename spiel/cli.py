@@ -423,7 +423,7 @@ def _table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
 
 
-@command("table", _table_arguments, help="build Table 1 or 2 from evaluation JSON files",
+@command("table", _table_arguments, help="build Table 1, 1x or 2 from evaluation JSON files",
          description="Write OUT (CSV laid out like the paper's, each cell the mean over its "
                      "seeds), OUT with .md (mean ± sd), and OUT with .json naming the evaluation "
                      "files behind every cell and their spread over seeds.")

@@ -40,6 +40,8 @@ def export_lora(adapter: str | Path, out: str | Path, rank: int) -> dict[str, fl
     if not 1 <= rank <= min(min(s) for s in shapes.values()):
         raise ValueError(f"rank {rank}: must be between 1 and the smallest layer dimension")
     tensors = load_file(str(Path(adapter) / WEIGHTS_NAME))
+    if not storage.modules(tensors):
+        raise ValueError(f"{adapter}: the adapter holds no delta to export")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     factors, errors = {}, {}

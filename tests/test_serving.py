@@ -89,3 +89,16 @@ def test_lora_export_error_falls_with_rank_and_loads_in_peft(tmp_path, batch):
         assert abs(relative - errors["model.layers.0.self_attn.k_proj"]) < 1e-5
     assert mean_errors[0] > mean_errors[1] > mean_errors[2] and logit_errors[0] > logit_errors[1] > logit_errors[2]
     assert errors["model.layers.0.self_attn.k_proj"] < 1e-5  # rank 16 is the k projection's full rank (16 × 32)
+
+
+def test_a_mixed_batch_runs_on_a_bf16_base(batch):
+    """CPU sparse kernels have no bf16: the update is computed in fp32 there and added in bf16."""
+    model = _with_adapters(2)
+    model.base_model.to(torch.bfloat16)
+    with model.adapter_per_row(["a1", "a0"]):
+        mixed = model(input_ids=batch).logits
+    model.set_adapter("a1")
+    with torch.no_grad():
+        alone = model(input_ids=batch[:1]).logits
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed[:1].float(), alone.float(), rtol=0, atol=0.1)  # bf16's rounding

@@ -84,6 +84,8 @@ def test_an_adapter_saved_without_ages_serves_the_same_delta(tmp_path):
     for name, delta in model.deltas().items():
         again = loaded.deltas()[name]
         assert torch.equal(again.to_dense(), delta.to_dense()) and not again.grown_at.any()
+    loaded.save_pretrained(tmp_path / "again")  # ages were not loaded: none are invented on saving
+    assert not any("age" in k for k in load_file(str(tmp_path / "again" / WEIGHTS_NAME)))
 
 
 @pytest.mark.parametrize("distinct", [1, 2, 5, 40, 256, 300])

@@ -31,7 +31,7 @@ class SpielLinear(nn.Module):
         self._inference: tuple | None = None  # (key, merged weight, its deltas' tensors) for 4-bit inference
         self.row_adapters: list[str | None] | None = None
         """Set for a mixed batch (``SpielModel.adapter_per_row``): the adapter of each batch row, None for the base."""
-        self._csr: dict[str, tuple] = {}  # adapter → (key, Δ as a sparse CSR matrix) for mixed batches
+        self._csr: dict[tuple, Tensor] = {}  # (adapter, dtype) → Δ as sparse CSR, within one mixed-batch block
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -90,20 +90,22 @@ class SpielLinear(nn.Module):
             rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
             inputs = x.index_select(0, rows)
             flat = inputs.reshape(-1, inputs.shape[-1])
-            update = torch.sparse.mm(self.delta_csr(name, x.dtype), flat.t()).t()
+            # CPU sparse kernels (MKL) take fp32/fp64 only: a bf16 batch is multiplied in fp32 there
+            dtype = x.dtype if x.is_cuda or x.dtype in (torch.float32, torch.float64) else torch.float32
+            update = torch.sparse.mm(self.delta_csr(name, dtype), flat.t().to(dtype)).t()
             out.index_add_(0, rows, update.reshape(*inputs.shape[:-1], -1).to(out.dtype))
         return out
 
     def delta_csr(self, name: str, dtype: torch.dtype) -> Tensor:
-        """Δ of adapter ``name`` as an ``out × in`` sparse CSR matrix in ``dtype``, kept while φ is unchanged."""
-        delta = self.spiel_deltas[name]
-        key = (dtype, id(delta.values), delta.values._version)
-        if name not in self._csr or self._csr[name][0] != key:
+        """Δ of adapter ``name`` as an ``out × in`` sparse CSR matrix in ``dtype``, built once per mixed-batch block
+        (``SpielModel.adapter_per_row`` clears them on leaving it, so a changed or reloaded adapter is rebuilt)."""
+        if (name, dtype) not in self._csr:
+            delta = self.spiel_deltas[name]
             rows, cols = delta.indices.long() // self.shape[1], delta.indices.long() % self.shape[1]
             coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), delta.values.detach().to(dtype), self.shape,
                                           check_invariants=False)  # η is checked unique, sorted, in range
-            self._csr[name] = (key, coo.coalesce().to_sparse_csr())
-        return self._csr[name][1]
+            self._csr[name, dtype] = coo.coalesce().to_sparse_csr()
+        return self._csr[name, dtype]
 
     @torch.no_grad()
     def merge(self, name: str) -> None:

@@ -33,6 +33,8 @@ class SpielModel(nn.Module):
         self.base_model = model
         self.peft_config: dict[str, SpielConfig] = {}
         self.active_adapters: list[str] = []
+        self.ageless: set[str] = set()
+        """Adapters loaded from a file without ages (``save_pretrained(ages=False)``): saved without them too."""
         for param in model.parameters():
             param.requires_grad_(False)
         targets = target_modules or (config.target_modules if config else None)
@@ -115,6 +117,7 @@ class SpielModel(nn.Module):
                 raise ValueError(f"adapter {adapter_name!r} is merged; unmerge it first")
             layer.spiel_deltas.pop(adapter_name, None)
         del self.peft_config[adapter_name]
+        self.ageless.discard(adapter_name)
         self.set_adapter([n for n in self.active_adapters if n != adapter_name])
 
     @contextlib.contextmanager
@@ -149,6 +152,7 @@ class SpielModel(nn.Module):
         finally:
             for layer in layers:
                 layer.row_adapters = None
+                layer._csr.clear()
 
     def compose(self, adapter_names: list[str], new_name: str) -> None:
         """A new adapter equal to the sum of the given ones (union of η, values summed)."""
@@ -205,6 +209,7 @@ class SpielModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         deltas = self.deltas(adapter_name)
+        ages = ages and adapter_name not in self.ageless  # never write ages that were not loaded
         tensors = {k: v for name, d in deltas.items()
                    for k, v in storage.encode(name, d.indices, d.values, d.grown_at if ages else None).items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "spiel_format": storage.FORMAT})
@@ -223,6 +228,7 @@ class SpielModel(nn.Module):
                 raise ValueError(f"adapter {directory} was made for {name} of shape {tuple(shape)}, "
                                  f"but this model's is {layers[name].shape}")
         tensors = load_file(str(Path(directory) / WEIGHTS_NAME))
+        ageless = False
         for name in storage.modules(tensors):
             if name not in layers:
                 raise ValueError(f"adapter {directory} has tensors for {name}, which this model does not have")
@@ -232,9 +238,12 @@ class SpielModel(nn.Module):
                 indices, values, grown_at = storage.decode(name, tensors, index_dtype(layer.shape[0] * layer.shape[1]))
             except (KeyError, ValueError) as error:
                 raise ValueError(f"adapter {directory}: {name}: {error}") from None
+            ageless |= grown_at is None
             layer.spiel_deltas[adapter_name] = SparseDelta(
                 layer.shape, indices.to(device), values.to(device),
                 None if grown_at is None else grown_at.to(device), values.dtype)
+        if ageless:
+            self.ageless.add(adapter_name)
         self.peft_config[adapter_name] = config
         self.set_adapter(adapter_name)
 

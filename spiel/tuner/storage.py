@@ -53,6 +53,8 @@ def decode_indices(data: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     if starts.size != count:
         raise ValueError(f"index stream holds {starts.size} entries, {count} values are stored")
     within = np.arange(raw.size) - np.repeat(starts, np.diff(np.append(starts, raw.size)))
+    if within.max() >= 9:  # 9 × 7 bits hold every int64 position
+        raise ValueError("index stream holds a number of more than 9 bytes")
     gaps = np.add.reduceat((raw & 0x7F) << (7 * within), starts)
     return torch.from_numpy(np.cumsum(gaps)).to(dtype)
 
@@ -78,6 +80,8 @@ def decode(prefix: str, tensors: dict[str, Tensor], index_dtype: torch.dtype) ->
     values = tensors[f"{prefix}.values"]
     if f"{prefix}.indices" in tensors:  # the first layout
         indices = tensors[f"{prefix}.indices"]
+        if indices.numel() != values.numel():
+            raise ValueError(f"{indices.numel()} indices for {values.numel()} values")
     else:
         indices = decode_indices(tensors[f"{prefix}.index_gaps"], values.numel(), index_dtype)
     if f"{prefix}.age_codes" in tensors:
@@ -94,6 +98,8 @@ def decode(prefix: str, tensors: dict[str, Tensor], index_dtype: torch.dtype) ->
         grown_at = steps[codes]
     else:
         grown_at = tensors.get(f"{prefix}.grown_at")
+        if grown_at is not None and grown_at.numel() != values.numel():
+            raise ValueError(f"{grown_at.numel()} ages for {values.numel()} values")
     return indices, values, grown_at
 
 

@@ -207,6 +207,16 @@ FULLIFT_RELEASED = {f"{size}/{dataset}": spec.get("citation", spec.get("id", spe
                     for size in SIZES for dataset, spec in released_full(size).items()}
 
 
+def fullift_args(table):
+    """``spiel table``'s FullIFT notes for ``table``: its sizes' blank and released cells, if FullIFT is a row."""
+    sizes = TABLE_SIZES.get(table, SIZES)
+    if "full" not in config["tables"][table]:
+        return ""
+    blank = [key for key in FULLIFT_BLANK if key.split("/")[0] in sizes]
+    released = [shlex.quote(f"{k}={v}") for k, v in FULLIFT_RELEASED.items() if k.split("/")[0] in sizes]
+    return " ".join(["--fullift-blank", *blank, "--fullift-released", *released])
+
+
 def trained_here(cell):
     """Whether this run trains a table cell's model: not the base model, nor a released FullIFT model."""
     kind = method(cell.method).kind

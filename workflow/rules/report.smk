@@ -19,8 +19,7 @@ rule table:
         sizes=lambda w: " ".join(TABLE_SIZES.get(w.table, SIZES)),
         methods=lambda w: " ".join(config["tables"][w.table]),
         results=lambda w: " ".join(f"{key}={path}" for key, path in table_evaluations(w.table).items()),
-        fullift=" ".join(["--fullift-blank", *FULLIFT_BLANK, "--fullift-released",
-                          *(shlex.quote(f"{k}={v}") for k, v in FULLIFT_RELEASED.items())]),
+        fullift=lambda w: fullift_args(w.table),
     threads: 1
     resources:
         mem_mb=1000,
