@@ -5,7 +5,8 @@ Baselines come from ``peft`` (LoRA, qLoRA, (IA)3); 4-bit bases from ``transforme
 α = 16, dropout 0.1, every linear layer of the transformer blocks; (IA)3 on k, v and down projections.
 
 Beyond the paper, static sparse baselines at the same budget: peft's SHiRA (a fixed random mask, r·(in + out)
-entries per layer, LoRA's count layer by layer), peft's Super-Tuning (a fixed support of the largest-magnitude
+entries per layer, LoRA's count layer by layer; peft's ``random_mask`` seeds a new generator per layer, so layers
+of one shape share one pattern), peft's Super-Tuning (a fixed support of the largest-magnitude
 weights, at the one sparsity that gives LoRA's count over the targeted layers, as SpIEL's budget does, §3.2) and
 SpIEL-fixed (SpIEL's random initial η, never reselected: drop-and-grow switched off).
 """
