@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--adapters", type=int, nargs="+", default=[1, 4, 16], help="adapters per mixed batch")
-    p.add_argument("--export-ranks", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--export-ranks", type=int, nargs="+", default=[8, 64, 192])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     return p.parse_args(argv)
