@@ -32,7 +32,7 @@ def export_lora(adapter: str | Path, out: str | Path, rank: int) -> dict[str, fl
     from safetensors.torch import load_file
 
     from .tuner import SpielConfig, storage
-    from .tuner.delta import index_dtype
+    from .tuner.delta import SparseDelta, index_dtype
     from .tuner.model import WEIGHTS_NAME
 
     config, raw = SpielConfig.load(adapter)
@@ -40,17 +40,16 @@ def export_lora(adapter: str | Path, out: str | Path, rank: int) -> dict[str, fl
     if not 1 <= rank <= min(min(s) for s in shapes.values()):
         raise ValueError(f"rank {rank}: must be between 1 and the smallest layer dimension")
     tensors = load_file(str(Path(adapter) / WEIGHTS_NAME))
-    if not storage.modules(tensors):
+    modules = storage.modules(tensors)
+    if not modules:
         raise ValueError(f"{adapter}: the adapter holds no delta to export")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     factors, errors = {}, {}
-    for name in storage.modules(tensors):
+    for name in modules:
         shape = shapes[name]
         indices, values, _ = storage.decode(name, tensors, index_dtype(shape[0] * shape[1]))
-        dense = torch.zeros(shape[0] * shape[1], dtype=torch.float32)
-        dense.index_add_(0, indices.long(), values.float())
-        dense = dense.view(shape)
+        dense = SparseDelta(shape, indices, values, values_dtype=values.dtype).to_dense(torch.float32)
         a, b = lora_factors(dense, rank)
         factors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
         factors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()

@@ -17,7 +17,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from matplotlib.ticker import MaxNLocator
 from safetensors.torch import load_file
 
@@ -34,7 +33,7 @@ def index_ages(adapter: str | Path) -> pd.Series:
     counts: dict[int, int] = {}
     tensors = load_file(str(Path(adapter) / WEIGHTS_NAME))
     for name in storage.modules(tensors):
-        grown_at = storage.decode(name, tensors, torch.int64)[2]
+        grown_at = storage.decode_ages(name, tensors)
         if grown_at is None:
             continue
         steps, n = grown_at.unique(return_counts=True)

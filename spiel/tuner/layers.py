@@ -29,8 +29,8 @@ class SpielLinear(nn.Module):
         self.grad_mode = "dense"
         self.observer: GradientObserver | None = None
         self._inference: tuple | None = None  # (key, merged weight, its deltas' tensors) for 4-bit inference
-        self.row_adapters: list[str | None] | None = None
-        """Set for a mixed batch (``SpielModel.adapter_per_row``): the adapter of each batch row, None for the base."""
+        self.row_groups: tuple[int, dict[str, Tensor]] | None = None
+        """Set for a mixed batch (``SpielModel.adapter_per_row``): (batch size, adapter → its batch rows)."""
         self._csr: dict[tuple, Tensor] = {}  # (adapter, dtype) → Δ as sparse CSR, within one mixed-batch block
 
     @property
@@ -63,7 +63,7 @@ class SpielLinear(nn.Module):
         return self._inference[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.row_adapters is not None:
+        if self.row_groups is not None:
             return self.mixed_forward(x)
         merged = {name for name, _ in self.merged}
         active = [self.spiel_deltas[n] for n in self.active_adapters if n not in merged]
@@ -79,15 +79,16 @@ class SpielLinear(nn.Module):
 
     @torch.no_grad()
     def mixed_forward(self, x: Tensor) -> Tensor:
-        """x·Wᵀ for every row, plus x·Δₐᵀ for the rows of each adapter a (``row_adapters``), Δₐ a sparse CSR matrix
+        """x·Wᵀ for every row, plus x·Δₐᵀ for the rows of each adapter a (``row_groups``), Δₐ a sparse CSR matrix
         multiplied over its entries only: requests for different adapters in one batch, nothing merged."""
-        if len(self.row_adapters) != x.shape[0]:
-            raise ValueError(f"{len(self.row_adapters)} row adapters for a batch of {x.shape[0]}")
+        size, groups = self.row_groups
+        if size != x.shape[0]:
+            raise ValueError(f"{size} row adapters for a batch of {x.shape[0]}")
         out = self.base_layer(x)
-        for name in dict.fromkeys(n for n in self.row_adapters if n is not None):
+        for name, rows in groups.items():
             if name not in self.spiel_deltas:
                 continue  # an adapter that leaves this layer alone
-            rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
+            rows = rows.to(x.device)
             inputs = x.index_select(0, rows)
             flat = inputs.reshape(-1, inputs.shape[-1])
             # CPU sparse kernels (MKL) take fp32/fp64 only: a bf16 batch is multiplied in fp32 there

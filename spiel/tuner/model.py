@@ -144,14 +144,17 @@ class SpielModel(nn.Module):
         layers = self.spiel_layers().values()
         if any(layer.merged for layer in layers):
             raise ValueError("unmerge the adapters first: a mixed batch adds every delta to the base weights")
+        device = _device_of(next(iter(layers)).base_layer) if layers else None  # `.to` in the layers: a no-op here
+        groups = {name: torch.tensor([i for i, n in enumerate(names) if n == name], device=device)
+                  for name in dict.fromkeys(n for n in names if n is not None)}
         try:
             for layer in layers:
-                layer.row_adapters = list(names)
+                layer.row_groups = (len(names), groups)
             with torch.no_grad():
                 yield self
         finally:
             for layer in layers:
-                layer.row_adapters = None
+                layer.row_groups = None
                 layer._csr.clear()
 
     def compose(self, adapter_names: list[str], new_name: str) -> None:

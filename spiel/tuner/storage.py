@@ -84,8 +84,14 @@ def decode(prefix: str, tensors: dict[str, Tensor], index_dtype: torch.dtype) ->
             raise ValueError(f"{indices.numel()} indices for {values.numel()} values")
     else:
         indices = decode_indices(tensors[f"{prefix}.index_gaps"], values.numel(), index_dtype)
+    return indices, values, decode_ages(prefix, tensors)
+
+
+def decode_ages(prefix: str, tensors: dict[str, Tensor]) -> Tensor | None:
+    """One delta's ages (``grown_at``) in either layout, None where the file has none; η is not decoded."""
+    count = tensors[f"{prefix}.values"].numel()
     if f"{prefix}.age_codes" in tensors:
-        steps, count = tensors[f"{prefix}.age_steps"], values.numel()
+        steps = tensors[f"{prefix}.age_steps"]
         bits = max(1, (steps.numel() - 1).bit_length())
         packed = np.unpackbits(tensors[f"{prefix}.age_codes"].numpy())
         if packed.size < count * bits:
@@ -98,9 +104,9 @@ def decode(prefix: str, tensors: dict[str, Tensor], index_dtype: torch.dtype) ->
         grown_at = steps[codes]
     else:
         grown_at = tensors.get(f"{prefix}.grown_at")
-        if grown_at is not None and grown_at.numel() != values.numel():
-            raise ValueError(f"{grown_at.numel()} ages for {values.numel()} values")
-    return indices, values, grown_at
+        if grown_at is not None and grown_at.numel() != count:
+            raise ValueError(f"{grown_at.numel()} ages for {count} values")
+    return grown_at
 
 
 def modules(tensors: dict[str, Tensor]) -> list[str]:
