@@ -459,6 +459,35 @@ def cmd_export_lora(args: argparse.Namespace) -> None:
           f"max {max(errors.values()):.4f} over {len(errors)} layers; {args.out}")
 
 
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="a result file (`spiel evaluate` or `spiel heldout`)")
+    p.add_argument("b", help="the result file it is compared with: the same benchmark on the same items")
+
+
+@command("compare", _compare_arguments, help="paired difference A − B of two results on the same items",
+         description="The score difference A − B with the audit's statistics (item-paired bootstrap interval, "
+                     "sign-flip p-value) and the share of items scored alike; held-out losses in loss units, "
+                     "benchmark scores in points. Inconclusive when the interval holds 0.")
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .report import stats
+    from .report.audit import Tables, paired_strata
+
+    files = Tables({})
+    paths = [Path(args.a), Path(args.b)]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such result file")
+    (benchmark, a), (_, b) = (files.items(path) for path in paths)
+    estimate = stats.estimate(paired_strata(files, paths[:1], paths[1:], 1.0))
+    unit = 0.01 if benchmark == "heldout" else 1.0  # held-out items are losses, read as points × 100
+    alike = sum(a[key] == b[key] for key in a) / len(a)
+    outcome = "inconclusive" if estimate.low <= 0 <= estimate.high else ("A higher" if estimate.effect > 0
+                                                                         else "B higher")
+    print(f"{benchmark}: A − B = {estimate.effect * unit:+.4g} [{estimate.low * unit:+.4g}, "
+          f"{estimate.high * unit:+.4g}] (95 %, {estimate.n} items), p = {estimate.p_value:.3g} ({estimate.test}); "
+          f"items scored alike {alike:.0%}; {outcome}")
+
+
 def _table1h_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", required=True)
     p.add_argument("--methods", nargs="+", required=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spiel.cli import main
 from spiel.evaluate.run import aggregate
 from spiel.provenance import run_provenance
 from spiel.report import stats
@@ -268,3 +269,21 @@ def test_items_that_never_differ_decide_nothing():
     """All six paired differences are 0: the bootstrap has no spread, so even a margin claim stays inconclusive."""
     estimate = stats.estimate([stats.Stratum(np.zeros((1, 6)), 1.0, np.zeros((1, 6)))], margin=3.0)
     assert estimate.se == 0 and stats.decide(estimate, -1, 3.0) == INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("wins", "losses", "outcome"), [(10, 0, "A higher"), (6, 3, "inconclusive")])
+def test_compare_prints_the_paired_difference_and_exact_p_value(tmp_path, capsys, wins, losses, outcome):
+    """`spiel compare A B` (e.g. an exported LoRA against its SpIEL adapter): A right and B wrong on ``wins`` items,
+    the reverse on ``losses``, both right on 20: effect 100·(wins − losses)/n, the exact McNemar p, items alike."""
+    a = {("anatomy", i): 1.0 for i in range(wins)} | {("anatomy", wins + i): 0.0 for i in range(losses)}
+    b = {key: 1.0 - score for key, score in a.items()}
+    same = {("astronomy", i): 1.0 for i in range(20)}
+    files = [_evaluation(tmp_path / f"{name}/mmlu.json", "mmlu", scores | same) for name, scores in (("a", a),
+                                                                                                     ("b", b))]
+    assert main(["compare", *map(str, files)]) == 0
+    printed = capsys.readouterr().out
+    n = wins + losses + 20
+    p = 2 * sum(math.comb(wins + losses, k) for k in range(max(wins, losses), wins + losses + 1)) / 2 ** (wins + losses)
+    assert f"A − B = {100 * (wins - losses) / n:+.4g} [" in printed and f"(95 %, {n} items), p = {p:.3g}" in printed
+    assert f"items scored alike {20 / n:.0%}" in printed and printed.rstrip().endswith(outcome)
+    assert main(["compare", str(files[0]), str(tmp_path / "missing.json")]) == 2  # a one-line error, no traceback
