@@ -467,7 +467,7 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
 @command("compare", _compare_arguments, help="paired difference A − B of two results on the same items",
          description="The score difference A − B with the audit's statistics (item-paired bootstrap interval, "
                      "sign-flip p-value) and the share of items scored alike; held-out losses in loss units, "
-                     "benchmark scores in points. Inconclusive when the interval holds 0.")
+                     "benchmark scores in points; decided as the audit decides (inconclusive unless p < 0.05).")
 def cmd_compare(args: argparse.Namespace) -> None:
     from .report import stats
     from .report.audit import Tables, paired_strata
@@ -481,8 +481,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     estimate = stats.estimate(paired_strata(files, paths[:1], paths[1:], 1.0))
     unit = 0.01 if benchmark == "heldout" else 1.0  # held-out items are losses, read as points × 100
     alike = sum(a[key] == b[key] for key in a) / len(a)
-    outcome = "inconclusive" if estimate.low <= 0 <= estimate.high else ("A higher" if estimate.effect > 0
-                                                                         else "B higher")
+    outcome = {stats.REPLICATED: "A higher", stats.CONTRADICTED: "B higher"}.get(stats.decide(estimate, +1),
+                                                                                 stats.INCONCLUSIVE)
     print(f"{benchmark}: A − B = {estimate.effect * unit:+.4g} [{estimate.low * unit:+.4g}, "
           f"{estimate.high * unit:+.4g}] (95 %, {estimate.n} items), p = {estimate.p_value:.3g} ({estimate.test}); "
           f"items scored alike {alike:.0%}; {outcome}")
