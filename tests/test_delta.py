@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spiel.tuner.delta import SparseDelta, sparse_linear, uniform_subset
+from spiel.tuner.delta import SparseDelta, WeightGrad, sparse_linear, uniform_subset
 from spiel.tuner.layers import SpielLinear
 
 
@@ -117,6 +117,17 @@ def test_sampled_gradient_accumulates_bf16_operands_in_fp32():
     exact = (gy.reshape(-1, 64).float().t() @ x.reshape(-1, 96).float()).reshape(-1)[delta.indices.long()]
     assert values.grad.dtype == torch.float32
     assert torch.allclose(values.grad, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_bf16_gradient_is_gathered_before_its_cast():
+    """Under a bf16 model the dense ∂L/∂W stays in the product's dtype (no out × in fp32 copy, as the authors'
+    kernel gathers in bf16) and ∂L/∂φ is that product gathered at η and cast to fp32: the bf16 values exactly."""
+    _weight, _bias, delta, x, gy = _case(torch.bfloat16, out_f=64, in_f=96, count=300)
+    grad = WeightGrad(x.reshape(-1, 96), gy.reshape(-1, 64), (64, 96))
+    product = (gy.reshape(-1, 64).t() @ x.reshape(-1, 96)).reshape(-1)
+    assert grad.dense().dtype == torch.bfloat16 and torch.equal(grad.dense(), product)
+    gathered = grad.at(delta.indices, sampled=False)
+    assert gathered.dtype == torch.float32 and torch.equal(gathered, product[delta.indices.long()].float())
 
 
 @pytest.mark.parametrize("numel,count", [(10, 7), (10_000, 37), (1000, 500), (5, 0)])

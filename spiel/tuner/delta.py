@@ -121,9 +121,10 @@ class GradientObserver(Protocol):
 class WeightGrad:
     """∂L/∂W = ∂L/∂Yᵀ X for one backward pass, evaluated lazily (Eq. 13).
 
-    ``dense()`` builds the full ``out × in`` gradient once (flattened, fp32); ``at(η)`` returns its
-    entries at sorted flat positions, gathered from the dense gradient when it was built anyway and
-    otherwise computed as sampled dot products (Eq. 16).
+    ``dense()`` builds the full ``out × in`` gradient once (flattened, in the product's dtype: bf16 under a bf16
+    model, so no fp32 copy of it is made); ``at(η)`` returns its entries at sorted flat positions in fp32,
+    gathered from the dense gradient when it was built anyway and otherwise computed as sampled dot products
+    (Eq. 16).
     """
 
     def __init__(self, x2d: Tensor, gy2d: Tensor, shape: tuple[int, int]) -> None:
@@ -133,12 +134,12 @@ class WeightGrad:
 
     def dense(self) -> Tensor:
         if self._dense is None:
-            self._dense = (self.gy2d.t() @ self.x2d).float().reshape(-1)
+            self._dense = (self.gy2d.t() @ self.x2d).reshape(-1)
         return self._dense
 
     def at(self, indices: Tensor, sampled: bool = True) -> Tensor:
         if self._dense is not None or not sampled:
-            return self.dense()[indices.long()]
+            return self.dense()[indices.long()].float()
         if self._operands is None:  # shared by every sampled product of this backward pass
             self._operands = sampled_operands(self.x2d, self.gy2d)
         return sampled_grad(*self._operands, indices, self.shape)
