@@ -3,12 +3,14 @@ batches, to float rounding, for fewer tokens run."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 import torch
 
 from spiel.evaluate.lm import ProtocolLM, common_prefix
+from spiel.evaluate.stops import NoEndBeforeText
 
 
 def test_common_prefix_is_the_longest_shared_start():
@@ -79,34 +81,64 @@ def _generation_requests(tokenizer, gen_kwargs: dict) -> list:
     return requests
 
 
+def _stop_met_by_some(outputs: list[str]) -> str:
+    """Two characters that some completions hold after their first character and others do not."""
+    for text in outputs:
+        for i in range(1, len(text) - 2):
+            if 0 < sum(text[i:i + 2] in o[1:] for o in outputs) < len(outputs) // 2:
+                return text[i:i + 2]
+    raise AssertionError(f"no stop separates {outputs}")
+
+
 @pytest.mark.parametrize("stop_after_text", [False, True])
-def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, stop_after_text):
+def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, stop_after_text, monkeypatch):
     """Greedy completions with ``prefix_cache`` (one group at a time, each batch from its prompts' cached common
-    prefix, the padding between prefix and remainder) are token for token lm-eval's left-padded batches; the
-    exemplars run once per group instead of once per prompt."""
+    prefix, the padding between prefix and remainder; under ``stop_after_text`` each row leaves the batch when it
+    stops) are token for token lm-eval's left-padded batches; the exemplars run once per group, not per prompt."""
     from spiel.adapters import load_base
 
     model, tokenizer = load_base(training_setup / "model")
     lm = ProtocolLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=3)
-    gen_kwargs = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}
-    if stop_after_text:
-        gen_kwargs.update(until=[], stop_after_text=["\n"])
-    requests = _generation_requests(tokenizer, gen_kwargs)
-    tokens: dict[bool, int] = {}
-    outputs = {}
-    forward = model.forward
-    for cached in (False, True):
-        seen = []
 
-        def counting(*args, _seen=seen, **kwargs):
-            _seen.append(kwargs["input_ids"].numel())
+    def run(cached: bool, stop: str) -> tuple[list[str], list[tuple[int, ...]]]:
+        gen_kwargs = {"until": [stop], "max_gen_toks": 12, "do_sample": False}
+        if stop_after_text:
+            gen_kwargs.update(until=[], stop_after_text=[stop])
+        seen = []
+        forward = model.forward
+
+        def counting(*args, **kwargs):
+            seen.append(tuple(kwargs["input_ids"].shape))
             return forward(*args, **kwargs)
 
         lm.prefix_cache, model.forward = cached, counting
         try:
-            outputs[cached] = lm.generate_until(requests, disable_tqdm=True)
+            return lm.generate_until(_generation_requests(tokenizer, gen_kwargs), disable_tqdm=True), seen
         finally:
             model.forward = forward
-        tokens[cached] = sum(seen)
-    assert outputs[True] == outputs[False] and any(o.strip() for o in outputs[True])
-    assert tokens[True] < 0.6 * tokens[False]
+
+    logits: dict[bool, dict[tuple[int, ...], torch.Tensor]] = {False: {}, True: {}}
+    recording = logits[False]
+    hold_back = NoEndBeforeText.__call__
+
+    def record(self, input_ids, scores):  # each sequence's next-token logits, keyed by its unpadded tokens
+        for row, score in zip(input_ids.tolist(), scores, strict=True):  # (generate runs on after a row stops)
+            recording.setdefault(tuple(t for t in row if t != tokenizer.pad_token_id), score.clone())
+        return hold_back(self, input_ids, scores)
+
+    monkeypatch.setattr(NoEndBeforeText, "__call__", record)
+    unstopped = run(False, "\x07")[0]
+    stop = _stop_met_by_some(unstopped)  # stops some rows midway, so rows finish at different steps
+    logits[False].clear()
+    plain, plain_calls = run(False, stop)
+    recording = logits[True]
+    cached, cached_calls = run(True, stop)
+    assert cached == plain and any(o.strip() for o in cached) and plain != unstopped
+    tokens = {name: sum(b * n for b, n in calls) for name, calls in (("plain", plain_calls), ("cached", cached_calls))}
+    assert tokens["cached"] < 0.6 * tokens["plain"]
+    if stop_after_text:  # a finished row leaves its batch: a decoding step runs fewer rows than the step before it
+        assert any(b < a for (a, n), (b, m) in itertools.pairwise(cached_calls) if n == m == 1)
+        # and every step's logits are generate's, to float rounding (positions, mask and cache agree)
+        assert logits[True].keys() <= logits[False].keys() and len(logits[True]) > 20
+        for key, value in logits[True].items():
+            torch.testing.assert_close(value, logits[False][key], rtol=0, atol=1e-4)

@@ -141,6 +141,19 @@ class ProtocolLM(HFLM):
         prefix, ids, mask = shared_prefix_inputs(context, mask, self.tokenizer.pad_token_id)
         if len(prefix) < MIN_SHARED_TOKENS:
             return self._generate(context, max_length, stop, **generation_kwargs)
+        cache = self._cached_prefix(prefix, ids.shape[0])
+        new_tokens = max_length - context.shape[1]
+        after_text = generation_kwargs.get("stop_after_text")
+        if after_text and not generation_kwargs.get("do_sample"):
+            generated = self._greedy_until(ids, mask, cache, new_tokens, [*after_text, *stop])
+        else:
+            generation_kwargs.update(attention_mask=mask, past_key_values=cache)
+            generated = self._generate(ids, ids.shape[1] + new_tokens, stop, **generation_kwargs)[:, ids.shape[1]:]
+        return torch.cat([context, generated], dim=1)  # as lm-eval cuts it: after the padded context
+
+    def _cached_prefix(self, prefix: list[int], batch: int):
+        """A copy of ``prefix``'s keys and values for each of ``batch`` rows, from the group's cache (extended or
+        cropped to ``prefix``; generation appends to the copy, never to the cache)."""
         state = self._generation_prefix
         keep = state.reuse(prefix, recompute=0)
         if keep < len(prefix):  # the group's first batch, or a batch that shares more than the last one
@@ -148,11 +161,49 @@ class ProtocolLM(HFLM):
                 out = self.model(input_ids=torch.tensor([prefix[keep:]], device=self.device),
                                  past_key_values=state.cache, use_cache=True, logits_to_keep=1)
             state.cache, state.tokens = out.past_key_values, prefix
-        cache = copy.deepcopy(state.cache)  # generation appends to it
-        cache.batch_repeat_interleave(ids.shape[0])
-        generation_kwargs.update(attention_mask=mask, past_key_values=cache)
-        out = self._generate(ids, max_length - context.shape[1] + ids.shape[1], stop, **generation_kwargs)
-        return torch.cat([context, out[:, ids.shape[1]:]], dim=1)  # as lm-eval cuts it: after the padded context
+        cache = copy.deepcopy(state.cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    @torch.no_grad()
+    def _greedy_until(self, ids: torch.Tensor, mask: torch.Tensor, cache, new_tokens: int, stops: list[str]
+                      ) -> torch.Tensor:
+        """Greedy decoding under ``stop_after_text`` that drops a row from the batch as soon as it has stopped (a
+        stop sequence after its first text, or an end-of-sequence token), so that a batch costs its rows' own
+        lengths instead of its size × its longest row's; ``generate``'s tokens (tested), padded after the stop.
+        ``ids`` and ``mask`` are the whole prompts, ``cache`` holds the keys and values of their first tokens."""
+        batch, length = ids.shape
+        out = torch.full((batch, new_tokens), self.tokenizer.pad_token_id, dtype=ids.dtype, device=ids.device)
+        criterion = StopAfterText(self.tokenizer, stops, length)
+        ends = self.model.generation_config.eos_token_id
+        ends = torch.tensor(ends if isinstance(ends, list) else [ends], device=ids.device)
+        processor = NoEndBeforeText(self.tokenizer, self._end_ids(), length)
+        rows = torch.arange(batch, device=ids.device)  # the batch row of each running sequence
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # over unmasked tokens: the padding adds none
+        done = cache.get_seq_length()
+        step, step_positions, sequences = ids[:, done:], positions[:, done:], ids
+        for t in range(new_tokens):
+            logits = self.model(input_ids=step, attention_mask=mask, position_ids=step_positions,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            token = processor(sequences, logits).argmax(-1)
+            out[rows, t] = token
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            running = ~(criterion(sequences, logits) | torch.isin(token, ends))
+            if not running.any():
+                break
+            if not running.all():
+                kept = running.nonzero()[:, 0]
+                cache.batch_select_indices(kept)
+                rows, sequences, mask, token = rows[kept], sequences[kept], mask[kept], token[kept]
+                step_positions = step_positions[kept]
+            step, step_positions = token[:, None], step_positions[:, -1:] + 1
+        return out
+
+    def _end_ids(self) -> list[int]:
+        """The end-of-sequence tokens that ``stop_after_text`` holds back until a completion has text."""
+        ends = self.model.generation_config.eos_token_id
+        return sorted({self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])} - {None})
 
     def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         after_text = generation_kwargs.pop("stop_after_text", None)
@@ -163,9 +214,7 @@ class ProtocolLM(HFLM):
             generation_kwargs.pop("temperature", None)
             generation_kwargs["do_sample"] = False
         criteria = StoppingCriteriaList([StopAfterText(self.tokenizer, [*after_text, *stop], context.shape[1])])
-        ends = self.model.generation_config.eos_token_id
-        ends = {self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])} - {None}
-        processors = LogitsProcessorList([NoEndBeforeText(self.tokenizer, sorted(ends), context.shape[1])])
+        processors = LogitsProcessorList([NoEndBeforeText(self.tokenizer, self._end_ids(), context.shape[1])])
         return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
                                    logits_processor=processors, pad_token_id=self.tokenizer.pad_token_id,
                                    use_cache=True, **generation_kwargs)
