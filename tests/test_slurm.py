@@ -36,23 +36,48 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)
 
 
+REBUILT = "spiel-ma"
+"""The method whose part of Table 1 the SLURM test removes from a copy of the local run and rebuilds through sbatch:
+its search (train, evaluate, select), its trained cells and their evaluations of every kind, and the table."""
+
+
 def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_path):
-    folder = workdir(tmp_path)
+    """Every kind of job behind Table 1 (search, selection, training, the three evaluation rules, the table) runs
+    through sbatch and gives the local run's results: one method's part, removed from a copy of the local run (the
+    rest of the DAG is the same jobs again; the prepare rules go through sbatch in the tests below)."""
+    folder = tmp_path / "run"
+    shutil.copytree(micro, folder, symlinks=True)  # with Snakemake's records and the files' times
+    removed = [p for pattern in ("results/search/*/{m}", "results/adapters/*/*/{m}", "results/eval/*/*/{m}")
+               for p in folder.glob(pattern.format(m=REBUILT))]
+    assert len(removed) > 6
+    for path in removed:
+        shutil.rmtree(path)
+    for path in folder.glob("results/table1.*"):
+        path.unlink()
     done = snakemake(folder, "results/table1.csv", *SLURM, "--configfile", ".test/config.yaml", cores=False,
                      timeout=1800)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     finished = re.findall(r"Finished jobid: \d+", log)
-    assert len(submitted) == len(finished) > 40 and "localrule" not in log  # every job went through sbatch
+    assert len(submitted) == len(finished) and "localrule" not in log  # every job went through sbatch
+    rules = set(re.findall(r"\(log: [^)]*rule_(\w+)", log))
+    assert {"train_search", "evaluate_search", "select", "train", "evaluate_all", "evaluate_flan", "evaluate_code",
+            "table"} <= rules and not any(rule.startswith("prepare") for rule in rules), sorted(rules)
     ours, local = (pd.read_csv(f / "results/table1.csv") for f in (folder, micro))
     pd.testing.assert_frame_equal(ours, local)
-    # the micro model's scores are mostly 0, so compare what training produced: every adapter, tensor by tensor
-    adapters = sorted(p.relative_to(folder) for p in (folder / "results/adapters").rglob("*.safetensors"))
-    assert len(adapters) >= 15
+    # the micro model's scores are mostly 0, so compare what training produced: every rebuilt adapter, tensor by
+    # tensor, and every rebuilt evaluation's per-item outputs
+    adapters = sorted(p.relative_to(folder) for p in (folder / "results").rglob(f"{REBUILT}/**/*.safetensors"))
+    assert len(adapters) >= 6
     for path in adapters:
         a, b = load_file(folder / path), load_file(micro / path)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+    evaluations = sorted(p.relative_to(folder) for p in (folder / "results/eval").rglob(f"{REBUILT}/**/*.json"))
+    assert len(evaluations) >= 9
+    for path in evaluations:
+        a, b = (json.loads((f / path).read_text()) for f in (folder, micro))
+        assert (a["value"], [s["output"] for s in a["samples"]]) == (b["value"], [s["output"] for s in b["samples"]])
 
 
 def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(cluster, tmp_path):
