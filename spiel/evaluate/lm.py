@@ -175,8 +175,9 @@ class ProtocolLM(HFLM):
         batch, length = ids.shape
         out = torch.full((batch, new_tokens), self.tokenizer.pad_token_id, dtype=ids.dtype, device=ids.device)
         criterion = StopAfterText(self.tokenizer, stops, length)
-        ends = self.model.generation_config.eos_token_id
-        ends = torch.tensor(ends if isinstance(ends, list) else [ends], device=ids.device)
+        ends = self.model.generation_config.eos_token_id  # what ends a row in generate
+        ends = torch.tensor([e for e in (ends if isinstance(ends, list) else [ends]) if e is not None],
+                            dtype=ids.dtype, device=ids.device)
         processor = NoEndBeforeText(self.tokenizer, self._end_ids(), length)
         rows = torch.arange(batch, device=ids.device)  # the batch row of each running sequence
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # over unmasked tokens: the padding adds none
