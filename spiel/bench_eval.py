@@ -4,7 +4,8 @@
 once and runs the benchmark's evaluation (``spiel.evaluate.run``, lm-eval underneath) alternately with
 ``prefix_cache`` off (lm-eval's padded batches of ``batch_size``) and on, ``--reps`` times each. It prints the
 median items/s of each, their ratio, and whether the two scored every item alike. Log-likelihood benchmarks
-(MMLU) are the ones the cache serves; generation benchmarks run the same either way.
+(MMLU) reuse each subject's exemplars and each question's context; generation benchmarks (GSM, BBH, TyDiQA) run one
+group at a time, each batch from its prompts' cached common prefix, a row leaving the batch when it stops.
 """
 
 from __future__ import annotations

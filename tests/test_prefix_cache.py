@@ -142,3 +142,10 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
         assert logits[True].keys() <= logits[False].keys() and len(logits[True]) > 20
         for key, value in logits[True].items():
             torch.testing.assert_close(value, logits[False][key], rtol=0, atol=1e-4)
+        # a generation setting the greedy loop does not apply (a repetition penalty) sends the batch to generate
+        model.generation_config.repetition_penalty = 3.0
+        try:
+            penalized = run(False, stop)[0]
+            assert run(True, stop)[0] == penalized != plain
+        finally:
+            model.generation_config.repetition_penalty = 1.0

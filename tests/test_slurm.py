@@ -36,9 +36,10 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)
 
 
-REBUILT = "spiel-ma"
-"""The method whose part of Table 1 the SLURM test removes from a copy of the local run and rebuilds through sbatch:
-its search (train, evaluate, select), its trained cells and their evaluations of every kind, and the table."""
+REBUILT = ("full", "spiel-ma")
+"""The methods whose part of Table 1 the SLURM test removes from a copy of the local run and rebuilds through sbatch:
+a full model and a searched sparse adapter (search: train, evaluate, select), their trained cells and evaluations
+of every kind, and the table."""
 
 
 def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_path):
@@ -47,9 +48,9 @@ def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_pa
     rest of the DAG is the same jobs again; the prepare rules go through sbatch in the tests below)."""
     folder = tmp_path / "run"
     shutil.copytree(micro, folder, symlinks=True)  # with Snakemake's records and the files' times
-    removed = [p for pattern in ("results/search/*/{m}", "results/adapters/*/*/{m}", "results/eval/*/*/{m}")
-               for p in folder.glob(pattern.format(m=REBUILT))]
-    assert len(removed) > 6
+    removed = [p for m in REBUILT for pattern in ("results/search/*/{m}", "results/adapters/*/*/{m}",
+                                                  "results/eval/*/*/{m}") for p in folder.glob(pattern.format(m=m))]
+    assert len(removed) > 12
     for path in removed:
         shutil.rmtree(path)
     for path in folder.glob("results/table1.*"):
@@ -66,15 +67,17 @@ def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_pa
             "table"} <= rules and not any(rule.startswith("prepare") for rule in rules), sorted(rules)
     ours, local = (pd.read_csv(f / "results/table1.csv") for f in (folder, micro))
     pd.testing.assert_frame_equal(ours, local)
-    # the micro model's scores are mostly 0, so compare what training produced: every rebuilt adapter, tensor by
-    # tensor, and every rebuilt evaluation's per-item outputs
-    adapters = sorted(p.relative_to(folder) for p in (folder / "results").rglob(f"{REBUILT}/**/*.safetensors"))
-    assert len(adapters) >= 6
+    # the micro model's scores are mostly 0, so compare what training produced: every rebuilt adapter or model,
+    # tensor by tensor, and every rebuilt evaluation's per-item outputs
+    adapters = sorted(p.relative_to(folder) for m in REBUILT
+                      for p in (folder / "results").rglob(f"{m}/**/*.safetensors"))
+    assert len(adapters) >= 12
     for path in adapters:
         a, b = load_file(folder / path), load_file(micro / path)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
-    evaluations = sorted(p.relative_to(folder) for p in (folder / "results/eval").rglob(f"{REBUILT}/**/*.json"))
-    assert len(evaluations) >= 9
+    evaluations = sorted(p.relative_to(folder) for m in REBUILT
+                         for p in (folder / "results/eval").rglob(f"{m}/**/*.json"))
+    assert len(evaluations) >= 18
     for path in evaluations:
         a, b = (json.loads((f / path).read_text()) for f in (folder, micro))
         assert (a["value"], [s["output"] for s in a["samples"]]) == (b["value"], [s["output"] for s in b["samples"]])
@@ -104,6 +107,8 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
             run.kill()
             raise
     assert run.returncode == 0, log[-4000:]
+    rules = set(re.findall(r"\(log: [^)]*rule_(\w+)", log))  # the prepare rules too went through sbatch
+    assert {"prepare_model", "prepare_eval", "prepare_train", "train"} <= rules and "localrule" not in log
     training = re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)
     assert len(training) == 2 and jobs[0] in training  # the cancelled submission and its retry
     progress = (folder / "logs/train/tiny/tulu/lora/seed-7.log").read_text()

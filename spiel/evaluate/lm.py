@@ -74,10 +74,18 @@ def shared_prefix_inputs(context: torch.Tensor, attention_mask: torch.Tensor, pa
     return prefix, ids.to(context.device), mask.to(context.device)
 
 
+PLAIN_GREEDY_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "do_sample",
+                         "temperature", "top_p", "top_k", "max_length", "max_new_tokens", "use_cache",
+                         "output_attentions", "output_hidden_states", "transformers_version", "_from_model_config"}
+"""Generation-config fields that greedy decoding under ``stop_after_text`` either ignores (sampling) or honours
+itself; any other field sends a batch through ``generate``."""
+
+
 class ProtocolLM(HFLM):
     """``HFLM`` whose generation honours the ``stop_after_text`` generation keyword (the protocol's stop
     sequences, matched only after the completion's leading whitespace, and no end-of-sequence before it:
-    ``spiel.evaluate.stops``), and whose log-likelihoods reuse shared prefixes where ``prefix_cache`` is set."""
+    ``spiel.evaluate.stops``), and whose log-likelihoods and generations reuse shared prefixes where
+    ``prefix_cache`` is set."""
 
     prefix_cache: bool = False
     """Score log-likelihood requests one at a time in token order, each reusing the previous one's cache for
@@ -119,19 +127,21 @@ class ProtocolLM(HFLM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        if not self.prefix_cache:
+        if not self.prefix_cache or self.backend != "causal":
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         # lm-eval batches by prompt length across groups; one group at a time, a batch shares its exemplars
         groups: dict[str, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             groups[str((request.doc or {}).get("group"))].append(i)
-        self._generation_prefix = PrefixCache()
         outputs: list[str] = [""] * len(requests)
-        for members in groups.values():
-            texts = super().generate_until([requests[i] for i in members], disable_tqdm=disable_tqdm)
-            for i, text in zip(members, texts, strict=True):
-                outputs[i] = text
-        self._generation_prefix = None
+        self._generation_prefix = PrefixCache()
+        try:
+            for members in groups.values():
+                texts = super().generate_until([requests[i] for i in members], disable_tqdm=disable_tqdm)
+                for i, text in zip(members, texts, strict=True):
+                    outputs[i] = text
+        finally:
+            self._generation_prefix = None
         return outputs
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
@@ -144,7 +154,7 @@ class ProtocolLM(HFLM):
         cache = self._cached_prefix(prefix, ids.shape[0])
         new_tokens = max_length - context.shape[1]
         after_text = generation_kwargs.get("stop_after_text")
-        if after_text and not generation_kwargs.get("do_sample"):
+        if after_text and not generation_kwargs.get("do_sample") and self._plain_greedy():
             generated = self._greedy_until(ids, mask, cache, new_tokens, [*after_text, *stop])
         else:
             generation_kwargs.update(attention_mask=mask, past_key_values=cache)
@@ -200,6 +210,12 @@ class ProtocolLM(HFLM):
                 step_positions = step_positions[kept]
             step, step_positions = token[:, None], step_positions[:, -1:] + 1
         return out
+
+    def _plain_greedy(self) -> bool:
+        """Whether the model's generation config asks greedy decoding for nothing but its end-of-sequence tokens
+        (no repetition penalty, banned or forced tokens, minimum length, …): all that ``_greedy_until`` applies."""
+        settings = set(self.model.generation_config.to_diff_dict()) - PLAIN_GREEDY_SETTINGS
+        return not settings
 
     def _end_ids(self) -> list[int]:
         """The end-of-sequence tokens that ``stop_after_text`` holds back until a completion has text."""

@@ -52,7 +52,9 @@ class Protocol:
     prefix_cache: bool = False
     """Log-likelihood requests one at a time in token order, each reusing the keys and values of the prefix it
     shares with the one before (a subject's exemplars, a question's choices; ``spiel.evaluate.lm``) instead of
-    padded batches of ``batch_size``: the same scores to float rounding, for fewer tokens run."""
+    padded batches of ``batch_size``; generations one group at a time, each batch from its prompts' cached common
+    prefix, and under greedy ``stop_after_text`` a row leaves its batch when it stops. The same scores and greedy
+    completions to float rounding (fp32: identical, tested), for fewer tokens run."""
     groups: tuple[str, ...] = field(default=())
     """Restrict to these subjects / tasks / languages (empty = all that the data holds)."""
 

