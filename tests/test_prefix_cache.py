@@ -64,15 +64,17 @@ def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):
 
 
 def _generation_requests(tokenizer, gen_kwargs: dict) -> list:
-    """Two groups of few-shot prompts: each group's exemplars, then a question of its own length."""
+    """Few-shot prompts of three groups: each group's exemplars, then a question of its own length; two groups of
+    five (each runs on its own from its cached exemplars) and one of a single prompt (run with the other small
+    groups, from no cache)."""
     from lm_eval.api.instance import Instance
 
     rng = random.Random(1)
     words = ["apple", "river", "seven", "blue", "stone", "quick", "north", "paper", "lamp", "green"]
     requests = []
-    for group in ("task_a", "task_b"):
+    for group, size in (("task_a", 5), ("task_b", 5), ("task_c", 1)):
         exemplars = " ".join(rng.choice(words) for _ in range(60)) + "\n\n"
-        for i in range(5):
+        for i in range(size):
             question = "Q: " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))) + "\nA:"
             requests.append(Instance("generate_until", {"group": group}, (exemplars + question, dict(gen_kwargs)),
                                      idx=0, metadata=("t", i, 1)))

@@ -10,7 +10,7 @@ from collections import defaultdict
 import torch
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
 from .stops import NoEndBeforeText, StopAfterText
 
@@ -50,7 +50,7 @@ class PrefixCache:
 
 MIN_SHARED_TOKENS = 16
 """A generation batch runs on a cached prefix only when its prompts share at least this many tokens (below it the
-copies of the cache cost more than the prefix's forward)."""
+copies of the cache cost more than the prefix's forward; the batch then runs whole, from an empty cache)."""
 
 
 def shared_prefix_inputs(context: torch.Tensor, attention_mask: torch.Tensor, pad_id: int,
@@ -129,14 +129,18 @@ class ProtocolLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not self.prefix_cache or self.backend != "causal":
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        # lm-eval batches by prompt length across groups; one group at a time, a batch shares its exemplars
+        # lm-eval batches by prompt length across groups: a group of a batch or more runs on its own, so that its
+        # batches share its exemplars; smaller groups run together, in fuller batches
         groups: dict[str, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             groups[str((request.doc or {}).get("group"))].append(i)
+        size = self.batch_size if isinstance(self.batch_size, int) else 1
+        small = [i for members in groups.values() if len(members) < size for i in members]
+        parts = [members for members in groups.values() if len(members) >= size] + ([small] if small else [])
         outputs: list[str] = [""] * len(requests)
         self._generation_prefix = PrefixCache()
         try:
-            for members in groups.values():
+            for members in parts:
                 texts = super().generate_until([requests[i] for i in members], disable_tqdm=disable_tqdm)
                 for i, text in zip(members, texts, strict=True):
                     outputs[i] = text
@@ -149,9 +153,7 @@ class ProtocolLM(HFLM):
         if self._generation_prefix is None or mask is None:
             return self._generate(context, max_length, stop, **generation_kwargs)
         prefix, ids, mask = shared_prefix_inputs(context, mask, self.tokenizer.pad_token_id)
-        if len(prefix) < MIN_SHARED_TOKENS:
-            return self._generate(context, max_length, stop, **generation_kwargs)
-        cache = self._cached_prefix(prefix, ids.shape[0])
+        cache = self._cached_prefix(prefix, ids.shape[0]) if len(prefix) >= MIN_SHARED_TOKENS else DynamicCache()
         new_tokens = max_length - context.shape[1]
         after_text = generation_kwargs.get("stop_after_text")
         if after_text and not generation_kwargs.get("do_sample") and self._plain_greedy():
