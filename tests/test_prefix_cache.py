@@ -64,15 +64,15 @@ def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):
 
 
 def _generation_requests(tokenizer, gen_kwargs: dict) -> list:
-    """Few-shot prompts of three groups: each group's exemplars, then a question of its own length; two groups of
-    five (each runs on its own from its cached exemplars) and one of a single prompt (run with the other small
-    groups, from no cache)."""
+    """Few-shot prompts of four groups: each group's exemplars, then a question of its own length; two groups of
+    five (each runs on its own from its cached exemplars) and two smaller than a batch (run together, from no
+    cache: their prompts share no prefix)."""
     from lm_eval.api.instance import Instance
 
     rng = random.Random(1)
     words = ["apple", "river", "seven", "blue", "stone", "quick", "north", "paper", "lamp", "green"]
     requests = []
-    for group, size in (("task_a", 5), ("task_b", 5), ("task_c", 1)):
+    for group, size in (("task_a", 5), ("task_b", 5), ("task_c", 1), ("task_d", 2)):
         exemplars = " ".join(rng.choice(words) for _ in range(60)) + "\n\n"
         for i in range(size):
             question = "Q: " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))) + "\nA:"
