@@ -44,8 +44,8 @@ of every kind, and the table."""
 
 def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_path):
     """Every kind of job behind Table 1 (search, selection, training, the three evaluation rules, the table) runs
-    through sbatch and gives the local run's results: one method's part, removed from a copy of the local run (the
-    rest of the DAG is the same jobs again; the prepare rules go through sbatch in the tests below)."""
+    through sbatch and gives the local run's results: the part of ``REBUILT``, removed from a copy of the local run
+    (the rest of the DAG is the same jobs again; the prepare rules go through sbatch in the test below)."""
     folder = tmp_path / "run"
     shutil.copytree(micro, folder, symlinks=True)  # with Snakemake's records and the files' times
     removed = [p for m in REBUILT for pattern in ("results/search/*/{m}", "results/adapters/*/*/{m}",

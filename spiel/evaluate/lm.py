@@ -187,9 +187,7 @@ class ProtocolLM(HFLM):
         batch, length = ids.shape
         out = torch.full((batch, new_tokens), self.tokenizer.pad_token_id, dtype=ids.dtype, device=ids.device)
         criterion = StopAfterText(self.tokenizer, stops, length)
-        ends = self.model.generation_config.eos_token_id  # what ends a row in generate
-        ends = torch.tensor([e for e in (ends if isinstance(ends, list) else [ends]) if e is not None],
-                            dtype=ids.dtype, device=ids.device)
+        ends = torch.tensor(self._generation_eos(), dtype=ids.dtype, device=ids.device)  # what ends a row in generate
         processor = NoEndBeforeText(self.tokenizer, self._end_ids(), length)
         rows = torch.arange(batch, device=ids.device)  # the batch row of each running sequence
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # over unmasked tokens: the padding adds none
@@ -219,10 +217,14 @@ class ProtocolLM(HFLM):
         settings = set(self.model.generation_config.to_diff_dict()) - PLAIN_GREEDY_SETTINGS
         return not settings
 
+    def _generation_eos(self) -> list[int]:
+        """The end-of-sequence tokens of the model's generation config (one id or a list; none set: empty)."""
+        ends = self.model.generation_config.eos_token_id
+        return [e for e in (ends if isinstance(ends, list) else [ends]) if e is not None]
+
     def _end_ids(self) -> list[int]:
         """The end-of-sequence tokens that ``stop_after_text`` holds back until a completion has text."""
-        ends = self.model.generation_config.eos_token_id
-        return sorted({self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])} - {None})
+        return sorted({self.tokenizer.eos_token_id, *self._generation_eos()} - {None})
 
     def _generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         after_text = generation_kwargs.pop("stop_after_text", None)

