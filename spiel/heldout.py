@@ -5,6 +5,11 @@ trained on does. A held-out conversation is scored as training scores it (``spie
 loss on the assistant replies only, the same truncation): its mean cross-entropy per target token, in nats. The
 result file has the layout of an evaluation file — ``value`` (mean over conversations), ``stderr``, one sample
 per conversation with its score — so the tables and the audit read it as they read a benchmark (lower is better).
+
+Where the stand-in has verifiable answers — a held-out conversation that is one reasoning-gym question and its
+answer (the Flan stand-in's tasks, and the Tülu one's single-turn share of them) — the cell also answers the
+question, prompted as training prompts it and decoded greedily up to its end-of-sequence token, and scores exact
+match against the reference answer (whitespace-normalised): ``exact_match`` beside the loss, 0/1 per item.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from . import data
 from .data import read_conversations
+from .jsonl import read_jsonl
 from .provenance import package_versions
 
 
@@ -30,6 +36,13 @@ def split(rows: list[dict], heldout: int, seed: int) -> tuple[list[dict], list[d
     train = [row for i, row in enumerate(rows) if i not in chosen]
     seen = {_key(row) for row in train}
     return train, [row for i, row in enumerate(rows) if i in chosen and _key(row) not in seen]
+
+
+VERIFIABLE = "reasoning-gym:"
+"""``source`` prefix of the stand-in conversations whose single answer a generator verifies (``spiel.instruct``)."""
+ANSWER_MARGIN = 8
+"""Tokens generated past the reference answer's length: an answer still running then cannot match it."""
+GENERATION_BATCH = 8
 
 
 def _key(row: dict) -> str:
@@ -57,10 +70,65 @@ def score(model: torch.nn.Module, tokenizer, path: Path, max_length: int) -> dic
         loss = float(target_loss(model, batch)) / tokens
         samples.append({"doc_id": line, "group": "heldout", "prompt": messages[0]["content"], "tokens": tokens,
                         "score": loss})
-    losses = [s["score"] for s in samples]
-    mean = sum(losses) / len(losses)
-    spread = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1) / len(losses)) if len(losses) > 1 \
-        else 0.0
-    return {"benchmark": "heldout", "metric": "loss (nats per target token)", "value": mean, "stderr": spread,
-            "n_items": len(samples), "data_file": str(path), "max_length": max_length,
-            "versions": package_versions(), "samples": samples}
+    mean, spread = _mean_stderr([s["score"] for s in samples])
+    result = {"benchmark": "heldout", "metric": "loss (nats per target token)", "value": mean, "stderr": spread,
+              "n_items": len(samples), "data_file": str(path), "max_length": max_length,
+              "versions": package_versions(), "samples": samples}
+    questions = verifiable(path)
+    if questions:
+        answers = exact_match(model, tokenizer, questions)
+        mean, spread = _mean_stderr([100.0 * a["exact_match"] for a in answers])
+        result["exact_match"] = {"metric": "exact match (%)", "value": mean, "stderr": spread,
+                                 "n_items": len(answers), "samples": answers}
+    return result
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1) / len(values))
+
+
+def verifiable(path: Path) -> list[tuple[int, str, str]]:
+    """(line, question, reference answer) of every held-out conversation in ``path`` that is one verifiable
+    question (``source`` from reasoning-gym, one user turn, one assistant reply)."""
+    out = []
+    for line, row in read_jsonl(path, "held-out file"):
+        messages = row.get("messages", [])
+        if str(row.get("source", "")).startswith(VERIFIABLE) and [m.get("role") for m in messages] == \
+                ["user", "assistant"]:
+            out.append((line, messages[0]["content"], messages[1]["content"]))
+    return out
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, tokenizer, questions: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    """Greedy answers to ``questions`` (line, question, reference), prompted in training's chat format
+    (``spiel.data.segments``) and cut at the first end-of-sequence token; one sample per question with its 0/1
+    exact match. Batches are left-padded; each generates ``ANSWER_MARGIN`` tokens past its longest reference."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    samples = []
+    for start in range(0, len(questions), GENERATION_BATCH):
+        batch = questions[start:start + GENERATION_BATCH]
+        prompts = [tokenizer.encode(data.segments([{"role": "user", "content": q}], tokenizer.eos_token)[0][0],
+                                    add_special_tokens=False) for _, q, _ in batch]
+        budget = max(len(tokenizer.encode(r, add_special_tokens=False)) for _, _, r in batch) + ANSWER_MARGIN
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False,
+                             eos_token_id=eos, pad_token_id=pad)[:, width:].tolist()
+        for (line, question, reference), tokens in zip(batch, out, strict=True):
+            tokens = tokens[:tokens.index(eos)] if eos in tokens else tokens
+            prediction = tokenizer.decode(tokens, skip_special_tokens=True)
+            samples.append({"doc_id": line, "group": "heldout", "prompt": question, "reference": reference,
+                            "prediction": prediction,
+                            "exact_match": int(_normalise(prediction) == _normalise(reference))})
+    return samples

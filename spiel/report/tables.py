@@ -261,8 +261,14 @@ def markdown_table3(frame: pd.DataFrame) -> str:
 HELDOUT_SPLITS = {"flan": "Flan v2", "alpaca": "GPT4-Alpaca", "tulu": "Tülu v2"}
 
 
+HELDOUT_MEASURES = {"loss": "held-out loss", "em": "held-out exact match (%)"}
+"""Table 1h's measures: the loss of every held-out conversation (``value``) and the exact match of the verifiable
+ones (``exact_match``, on the splits that have them)."""
+
+
 def read_heldout(path: str | Path) -> dict:
-    """A held-out loss file (``spiel heldout``): its value and standard error finite and ≥ 0."""
+    """A held-out result file (``spiel heldout``): its loss and standard error finite and ≥ 0, its exact match (when
+    scored) a percentage."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
@@ -272,24 +278,41 @@ def read_heldout(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a held-out result (JSON)") from None
     if not isinstance(record, dict) or record.get("benchmark") != "heldout":
         raise ValueError(f"{path}: not a held-out loss result")
-    for key in ("value", "stderr"):
-        number = record.get(key)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < float("inf"):
-            raise ValueError(f"{path}: {key}={number!r} is not a loss")
+    checks = [("value", record.get("value"), float("inf")), ("stderr", record.get("stderr"), float("inf"))]
+    if "exact_match" in record:
+        em = record["exact_match"]
+        if not isinstance(em, dict) or not isinstance(em.get("samples"), list):
+            raise ValueError(f"{path}: exact_match is not a scored set of answers")
+        checks += [("exact_match.value", em.get("value"), 100.0), ("exact_match.stderr", em.get("stderr"), 100.0)]
+    for key, number, top in checks:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= top \
+                or number == float("inf"):
+            raise ValueError(f"{path}: {key}={number!r} is out of range")
     return record
+
+
+def _measure(record: dict, measure: str) -> dict | None:
+    """The part of a held-out result that ``measure`` reads, as (value, stderr, samples with ``score``)."""
+    if measure == "loss":
+        return record
+    em = record.get("exact_match")
+    if em is None:
+        return None
+    samples = [{"doc_id": s["doc_id"], "score": 100.0 * s["exact_match"]} for s in em["samples"]]
+    return {**em, "samples": samples, "data_file": record.get("data_file")}
 
 
 def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | Path], reference: str = "original"
                   ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
     """The held-out extension of Table 1 from ``files`` (``SIZE/METHOD/SPLIT/SEED`` → ``spiel heldout`` result):
-    rows as Table 1's, per training set's held-out split a loss column (the mean over seeds) and a ``_delta``
-    column, the paired change from ``reference``'s loss on the same conversations (``paired_delta``); spreads
-    keyed ``size/label/column`` with each run's standard error and the delta's."""
+    rows as Table 1's; per training set's held-out split and measure (``HELDOUT_MEASURES``) a column (the mean
+    over seeds) and a ``_delta`` column, the paired change from ``reference`` on the same items (``paired_delta``);
+    spreads keyed ``size/label/column`` with each run's standard error and the delta's."""
     runs = seed_results(files)
     frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
-    for split in HELDOUT_SPLITS:
-        frame[f"{split}_heldout_loss"] = float("nan")
-        frame[f"{split}_heldout_delta"] = float("nan")
+    for measure in HELDOUT_MEASURES:
+        for split in HELDOUT_SPLITS:
+            frame[f"{split}_heldout_{measure}"] = frame[f"{split}_heldout_{measure}_delta"] = float("nan")
     records: dict[str, list[dict]] = {}
     sources, spreads = {}, {}
     for key, seeded in runs.items():
@@ -298,28 +321,38 @@ def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | P
             raise ValueError(f"--result {key}/…: not a row of {sizes} × {methods} on a split of "
                              f"{', '.join(HELDOUT_SPLITS)}")
         records[key] = [read_heldout(path) for _, path in seeded]
-        label, column = method(name).label, f"{split}_heldout_loss"
-        cell = f"{size}/{label}/{column}"
-        spreads[cell] = {**spread([r["value"] for r in records[key]], [seed for seed, _ in seeded]),
-                         "stderr": [r["stderr"] for r in records[key]]}
-        frame.loc[(frame["size"] == size) & (frame["method"] == label), column] = round(spreads[cell]["mean"], 4)
-        sources[cell] = [str(path) for _, path in seeded]
+        row = (frame["size"] == size) & (frame["method"] == method(name).label)
+        for measure in HELDOUT_MEASURES:
+            parts = [_measure(r, measure) for r in records[key]]
+            if any(part is None for part in parts):
+                continue
+            column = f"{split}_heldout_{measure}"
+            cell = f"{size}/{method(name).label}/{column}"
+            spreads[cell] = {**spread([p["value"] for p in parts], [seed for seed, _ in seeded]),
+                             "stderr": [p["stderr"] for p in parts]}
+            frame.loc[row, column] = round(spreads[cell]["mean"], 4)
+            sources[cell] = [str(path) for _, path in seeded]
     for key, runs_of_cell in records.items():
         size, name, split = key.split("/")
         baseline = records.get(f"{size}/{reference}/{split}")
         if name == reference or baseline is None:
             continue
-        label = method(name).label
-        delta = paired_delta(runs_of_cell, baseline[0])
-        spreads[f"{size}/{label}/{split}_heldout_loss"]["delta"] = delta
-        frame.loc[(frame["size"] == size) & (frame["method"] == label), f"{split}_heldout_delta"] = \
-            round(delta["mean"], 4)
+        row = (frame["size"] == size) & (frame["method"] == method(name).label)
+        for measure in HELDOUT_MEASURES:
+            column = f"{split}_heldout_{measure}"
+            cell = f"{size}/{method(name).label}/{column}"
+            base = _measure(baseline[0], measure)
+            if cell not in spreads or base is None:
+                continue
+            delta = paired_delta([_measure(r, measure) for r in runs_of_cell], base)
+            spreads[cell]["delta"] = delta
+            frame.loc[row, f"{column}_delta"] = round(delta["mean"], 4)
     return frame, sources, spreads
 
 
 def paired_delta(runs: list[dict], reference: dict) -> dict:
-    """Loss change from ``reference`` on the same held-out conversations (matched by ``doc_id``): per run the mean
-    per-conversation difference and its paired standard error; their mean over runs, with the run's standard error
+    """Change from ``reference`` on the same held-out items (matched by ``doc_id``): per run the mean per-item
+    difference of ``score`` and its paired standard error; their mean over runs, with the run's standard error
     (one run) or the standard deviation over runs as its noise."""
     base = {s["doc_id"]: s["score"] for s in reference["samples"]}
     means, errors = [], []
@@ -335,24 +368,33 @@ def paired_delta(runs: list[dict], reference: dict) -> dict:
 
 
 def markdown_heldout(frame: pd.DataFrame, spreads: dict[str, dict], reference: str = "original") -> str:
-    """The held-out table: per split the loss and its paired change Δ from ``reference``, each ± standard error
-    (one seed) or ± standard deviation over seeds."""
+    """The held-out tables, one per measure with values: per split the value and its paired change Δ from
+    ``reference``, each ± standard error (one seed) or ± standard deviation over seeds."""
     reference = method(reference).label
-    headers = [f"{label} held-out loss (Δ vs {reference})" for label in HELDOUT_SPLITS.values()]
-    lines = ["| Size | Method | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(HELDOUT_SPLITS)]
-    for row in frame.itertuples(index=False):
-        values = []
-        for split in HELDOUT_SPLITS:
-            record = spreads.get(f"{row.size}/{row.method}/{split}_heldout_loss")
-            if record is None:
-                values.append("")
-                continue
-            text = f"{record['mean']:.3f} ± {_noise(record):.3f}"
-            if "delta" in record:
-                text += f" (Δ {record['delta']['mean']:+.3f} ± {record['delta']['noise']:.3f})"
-            values.append(text)
-        lines.append(f"| {row.size} | {row.method} | " + " | ".join(values) + " |")
-    noise = _noise_note(spreads.values(), "conversations")
-    return ("\n".join(lines) + f"\n\nLoss in nats per target token on each training set's held-out conversations "
-            f"(lower is better; not in the paper): {noise}. Δ: the mean per-conversation change from {reference} "
-            "on the same conversations, ± its paired standard error (one seed) or standard deviation over seeds.\n")
+    parts = []
+    for measure, name in HELDOUT_MEASURES.items():
+        splits = [s for s in HELDOUT_SPLITS if any(k.endswith(f"/{s}_heldout_{measure}") for k in spreads)]
+        if not splits:
+            continue
+        digits = 3 if measure == "loss" else 1
+        headers = [f"{HELDOUT_SPLITS[s]} {name} (Δ vs {reference})" for s in splits]
+        lines = ["| Size | Method | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(splits)]
+        for row in frame.itertuples(index=False):
+            values = []
+            for split in splits:
+                record = spreads.get(f"{row.size}/{row.method}/{split}_heldout_{measure}")
+                if record is None:
+                    values.append("")
+                    continue
+                text = f"{record['mean']:.{digits}f} ± {_noise(record):.{digits}f}"
+                if "delta" in record:
+                    text += f" (Δ {record['delta']['mean']:+.{digits}f} ± {record['delta']['noise']:.{digits}f})"
+                values.append(text)
+            lines.append(f"| {row.size} | {row.method} | " + " | ".join(values) + " |")
+        parts.append("\n".join(lines))
+    noise = _noise_note(spreads.values(), "items")
+    return ("\n\n".join(parts) + "\n\nNot in the paper. Loss: nats per target token on each training set's held-out "
+            "conversations (lower is better). Exact match: the greedy answer to each held-out question with a "
+            f"verifiable answer (reasoning-gym's), whitespace-normalised, against the reference (higher is better). "
+            f"{noise[0].upper() + noise[1:]}. Δ: the mean per-item change from {reference} on the same items, ± its "
+            "paired standard error (one seed) or standard deviation over seeds.\n")
