@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,10 +107,21 @@ def tulu_like(n: int, seed: int) -> list[Conversation]:
 
 
 def standin(name: str, n: int, seed: int) -> list[Conversation]:
+    """The stand-in ``name``: ``n`` conversations drawn with ``seed``, the same in every process. Some reasoning-gym
+    generators follow set order (``isomorphic_strings``), which Python's string hashing decides per process, so
+    they run under ``PYTHONHASHSEED=0``: here when this process hashes so, else in a child process that does."""
     builders = {"flan": flan_like, "alpaca": alpaca_like, "tulu": tulu_like}
     if name not in builders:
         raise TrainDataError(f"train_data.{name}: no offline stand-in (choose one of {STANDINS})")
-    return builders[name](n, seed)
+    if os.environ.get("PYTHONHASHSEED") == "0":
+        return builders[name](n, seed)
+    code = "import json, sys; from spiel.instruct import standin; json.dump(standin(*sys.argv[1:2], *map(int, " \
+           "sys.argv[2:])), sys.stdout)"
+    child = subprocess.run([sys.executable, "-c", code, name, str(n), str(seed)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
+    if child.returncode != 0:
+        raise TrainDataError(f"train_data.{name}: building the stand-in failed:\n{child.stderr[-2000:]}")
+    return json.loads(child.stdout)
 
 
 def from_alpaca_json(path: Path) -> list[Conversation]:

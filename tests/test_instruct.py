@@ -125,3 +125,23 @@ def test_a_cached_hub_dataset_in_its_published_layout_is_read(tmp_path, layout):
     pq.write_table(table, tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
     rows = rows_for("flan", {"source": "hub", "id": str(tmp_path / "repo")}, 0)
     assert [r["messages"] for r in rows] == [chat]
+
+
+def test_a_standin_is_the_same_whatever_the_calling_process_hashes_strings_with():
+    """reasoning-gym's isomorphic_strings follows set order, i.e. PYTHONHASHSEED: called from processes that hash
+    differently, ``standin`` gives the same conversations (it builds them under PYTHONHASHSEED=0)."""
+    import os
+    import subprocess
+    import sys
+
+    def build(hash_seed: str, code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout
+
+    raw = ("import json, reasoning_gym; ds = reasoning_gym.create_dataset('isomorphic_strings', size=12, seed=3); "
+           "print(json.dumps([ds[i]['question'] for i in range(12)]))")
+    assert build("1", raw) != build("2", raw)  # the generator itself depends on the hash seed
+    ours = "import json; from spiel.instruct import standin; print(json.dumps(standin('flan', 40, 3)))"
+    first = build("1", ours)
+    assert first == build("2", ours)
+    assert any("isomorphic_strings" in row["source"] for row in json.loads(first))

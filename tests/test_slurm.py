@@ -133,20 +133,23 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     config["models"]["tiny"]["resources"]["train_runtime"] = 1
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
     target = "results/adapters/tiny/flan/spiel-ag/seed-7"
-    done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
-                          capture_output=True, text=True, timeout=1200)
+    # the uninterrupted reference runs locally meanwhile, on one core (the attempts' job has the other)
+    (tmp_path / "local").mkdir()
+    uninterrupted = workdir(tmp_path / "local")
+    (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
+    with subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "long.yaml"], cwd=uninterrupted,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as local:
+        done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
+                              capture_output=True, text=True, timeout=1200)
+        _, local_log = local.communicate(timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
+    assert local.returncode == 0, local_log[-3000:]
     assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 2  # stopped attempts and the last one
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated
     progress = (folder / "logs/train/tiny/flan/spiel-ag/seed-7.log").read_text()  # the retry's log
     resumed_at, total = map(int, re.search(r"train spiel-ag: .*?\| *(\d+)/(\d+) \[", progress).groups())
     assert 1 <= resumed_at < total == steps[-1]
-    (tmp_path / "local").mkdir()
-    uninterrupted = workdir(tmp_path / "local")
-    (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
-    local = snakemake(uninterrupted, target, "--configfile", "long.yaml", timeout=1200)
-    assert local.returncode == 0, local.stderr[-3000:]
     a, b = (load_file(f / target / "adapter_model.safetensors") for f in (folder, uninterrupted))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

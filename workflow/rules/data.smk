@@ -77,8 +77,9 @@ rule prepare_train:
         runtime=lambda w, attempt: (30 if config["train_data"][w.dataset]["source"] == "standin" else 60) * attempt,
     conda:
         ENV
-    # reasoning-gym's generators (the stand-ins) draw from sets, whose order follows Python's string hashing: a
-    # fixed PYTHONHASHSEED makes the same seed give the same conversations in every run (isomorphic_strings did not)
+    # reasoning-gym's generators (the stand-ins) draw from sets, whose order follows Python's string hashing: under
+    # a fixed PYTHONHASHSEED the same seed gives the same conversations in every run (spiel.instruct.standin would
+    # otherwise build them in a child process that hashes so)
     shell:
         "PYTHONHASHSEED=0 python -m spiel prepare-train --dataset {wildcards.dataset} --source {params.source} "
         "--set {params.options} --seed {params.seed} --exclude {input} --out {output.train} {params.heldout} "
