@@ -281,12 +281,15 @@ def _heldout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (adapters applied, not merged)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when visible")
+    p.add_argument("--exact-match", action="store_true",
+                   help="also answer the verifiable questions (reasoning-gym's) greedily and score exact match")
     p.add_argument("--out", required=True, help="result JSON (mean loss, stderr, one sample per conversation)")
 
 
-@command("heldout", _heldout_arguments, help="score a model (with adapters) by its loss on held-out conversations",
+@command("heldout", _heldout_arguments, help="score a model (with adapters) on held-out conversations",
          description="Mean cross-entropy per target token (assistant replies, as in training) of every held-out "
-                     "conversation, with its standard error over conversations.")
+                     "conversation, with its standard error over conversations; with --exact-match, the exact "
+                     "match of its greedy answers to the verifiable questions among them.")
 def cmd_heldout(args: argparse.Namespace) -> None:
     import torch
 
@@ -300,10 +303,13 @@ def cmd_heldout(args: argparse.Namespace) -> None:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_base(args.model, dtype, load_in_4bit=args.load_in_4bit, device=args.device)
     model = apply_adapters(model, args.adapter, merge=not args.load_in_4bit).eval()
-    result = score(model, tokenizer, Path(args.data), args.max_length)
+    result = score(model, tokenizer, Path(args.data), args.max_length, answers=args.exact_match)
     result.update(model=str(args.model), adapters=[str(a) for a in args.adapter], dtype=args.dtype)
     write_json_atomic(result, args.out)
-    print(json.dumps({k: result[k] for k in ("benchmark", "value", "stderr", "n_items")}), flush=True)
+    summary = {k: result[k] for k in ("benchmark", "value", "stderr", "n_items")}
+    if "exact_match" in result:
+        summary["exact_match"] = {k: result["exact_match"][k] for k in ("value", "stderr", "n_items")}
+    print(json.dumps(summary), flush=True)
 
 
 def _select_arguments(p: argparse.ArgumentParser) -> None:

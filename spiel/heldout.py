@@ -1,4 +1,5 @@
-"""Held-out loss: each training set's held-out conversations scored by a trained cell (issue 20's extension table).
+"""Held-out loss and exact match: each training set's held-out conversations scored by a trained cell (issue 20's
+extension table).
 
 At the laptop default's scale the benchmarks barely move, but the loss on conversations like those a cell was
 trained on does. A held-out conversation is scored as training scores it (``spiel.data.encode``: the chat format,
@@ -9,13 +10,15 @@ per conversation with its score — so the tables and the audit read it as they 
 Where the stand-in has verifiable answers — a held-out conversation that is one reasoning-gym question and its
 answer (the Flan stand-in's tasks, and the Tülu one's single-turn share of them) — the cell also answers the
 question, prompted as training prompts it and decoded greedily up to its end-of-sequence token, and scores exact
-match against the reference answer (whitespace-normalised): ``exact_match`` beside the loss, 0/1 per item.
+match against the reference answer (whitespace-normalised; an answer that has not ended within ``ANSWER_MARGIN``
+tokens of the reference's length does not match): ``exact_match`` beside the loss, 0/1 per item. Only questions
+whose whole conversation fits training's ``max_length`` are asked (training never saw the end of the others).
 """
 
 from __future__ import annotations
 
-import math
 import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +53,10 @@ def _key(row: dict) -> str:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, tokenizer, path: Path, max_length: int) -> dict[str, Any]:
+def score(model: torch.nn.Module, tokenizer, path: Path, max_length: int, answers: bool = True) -> dict[str, Any]:
     """Mean per-token loss of every held-out conversation in ``path`` (a conversations JSONL), with its standard
-    error over conversations and one sample per conversation."""
+    error over conversations and one sample per conversation; with ``answers``, where ``path`` has verifiable
+    questions that fit ``max_length``, their ``exact_match``."""
     from .train import target_loss
 
     rows = [(line, messages) for line, messages in read_conversations(path)]
@@ -74,20 +78,20 @@ def score(model: torch.nn.Module, tokenizer, path: Path, max_length: int) -> dic
     result = {"benchmark": "heldout", "metric": "loss (nats per target token)", "value": mean, "stderr": spread,
               "n_items": len(samples), "data_file": str(path), "max_length": max_length,
               "versions": package_versions(), "samples": samples}
-    questions = verifiable(path)
+    questions = [q for q in verifiable(path) if _fits(q, tokenizer, max_length)] if answers else []
     if questions:
-        answers = exact_match(model, tokenizer, questions)
-        mean, spread = _mean_stderr([100.0 * a["exact_match"] for a in answers])
+        matches = exact_match(model, tokenizer, questions)
+        mean, spread = _mean_stderr([100.0 * m["exact_match"] for m in matches])
         result["exact_match"] = {"metric": "exact match (%)", "value": mean, "stderr": spread,
-                                 "n_items": len(answers), "samples": answers}
+                                 "n_items": len(matches), "samples": matches}
     return result
 
 
 def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
+    """Mean and standard error of the mean (0 for one value)."""
     if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1) / len(values))
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
 def verifiable(path: Path) -> list[tuple[int, str, str]]:
@@ -102,6 +106,14 @@ def verifiable(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
+def _fits(question: tuple[int, str, str], tokenizer, max_length: int) -> bool:
+    """Whether the question and its answer fit ``max_length`` tokens whole, as training encodes them."""
+    _, text, answer = question
+    whole = data.encode([{"role": "user", "content": text}, {"role": "assistant", "content": answer}], tokenizer,
+                        max_length + 1)
+    return whole is not None and len(whole["input_ids"]) <= max_length
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.split())
 
@@ -109,8 +121,9 @@ def _normalise(text: str) -> str:
 @torch.no_grad()
 def exact_match(model: torch.nn.Module, tokenizer, questions: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
     """Greedy answers to ``questions`` (line, question, reference), prompted in training's chat format
-    (``spiel.data.segments``) and cut at the first end-of-sequence token; one sample per question with its 0/1
-    exact match. Batches are left-padded; each generates ``ANSWER_MARGIN`` tokens past its longest reference."""
+    (``spiel.data.segments``) and ended by the first end-of-sequence token; one sample per question with its 0/1
+    exact match. Plain greedy decoding in left-padded batches, whatever the model's generation config says; a batch
+    runs ``ANSWER_MARGIN`` tokens past its longest reference, or until every row has ended."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -120,15 +133,36 @@ def exact_match(model: torch.nn.Module, tokenizer, questions: list[tuple[int, st
         prompts = [tokenizer.encode(data.segments([{"role": "user", "content": q}], tokenizer.eos_token)[0][0],
                                     add_special_tokens=False) for _, q, _ in batch]
         budget = max(len(tokenizer.encode(r, add_special_tokens=False)) for _, _, r in batch) + ANSWER_MARGIN
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad)[:, width:].tolist()
-        for (line, question, reference), tokens in zip(batch, out, strict=True):
-            tokens = tokens[:tokens.index(eos)] if eos in tokens else tokens
+        answers = _greedy(model, prompts, budget, eos, pad, device)
+        for (line, question, reference), (tokens, ended) in zip(batch, answers, strict=True):
             prediction = tokenizer.decode(tokens, skip_special_tokens=True)
             samples.append({"doc_id": line, "group": "heldout", "prompt": question, "reference": reference,
-                            "prediction": prediction,
-                            "exact_match": int(_normalise(prediction) == _normalise(reference))})
+                            "prediction": prediction, "ended": ended,
+                            "exact_match": int(ended and _normalise(prediction) == _normalise(reference))})
     return samples
+
+
+def _greedy(model: torch.nn.Module, prompts: list[list[int]], budget: int, eos: int, pad: int,
+            device: torch.device) -> list[tuple[list[int], bool]]:
+    """(tokens before end-of-sequence, whether it came) of each prompt's argmax continuation, ``budget`` tokens
+    at most: left-padded, positions counted over each row's own tokens, one key/value cache."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    answers: list[list[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    for step in range(budget):
+        tokens = out.logits[:, -1].argmax(-1)
+        for row, token in enumerate(tokens.tolist()):
+            if not ended[row]:
+                ended[row] = token == eos
+                answers[row] += [] if ended[row] else [token]
+        if all(ended) or step == budget - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+    return list(zip(answers, ended, strict=True))

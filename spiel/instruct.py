@@ -23,6 +23,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -109,19 +110,22 @@ def tulu_like(n: int, seed: int) -> list[Conversation]:
 def standin(name: str, n: int, seed: int) -> list[Conversation]:
     """The stand-in ``name``: ``n`` conversations drawn with ``seed``, the same in every process. Some reasoning-gym
     generators follow set order (``isomorphic_strings``), which Python's string hashing decides per process, so
-    they run under ``PYTHONHASHSEED=0``: here when this process hashes so, else in a child process that does."""
+    the Flan and Tülu stand-ins are built without hash randomisation (``PYTHONHASHSEED=0``): here when this
+    interpreter hashes so, else in a child process that does."""
     builders = {"flan": flan_like, "alpaca": alpaca_like, "tulu": tulu_like}
     if name not in builders:
         raise TrainDataError(f"train_data.{name}: no offline stand-in (choose one of {STANDINS})")
-    if os.environ.get("PYTHONHASHSEED") == "0":
+    if name == "alpaca" or sys.flags.hash_randomization == 0:
         return builders[name](n, seed)
-    code = "import json, sys; from spiel.instruct import standin; json.dump(standin(*sys.argv[1:2], *map(int, " \
-           "sys.argv[2:])), sys.stdout)"
-    child = subprocess.run([sys.executable, "-c", code, name, str(n), str(seed)], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONHASHSEED": "0"})
-    if child.returncode != 0:
-        raise TrainDataError(f"train_data.{name}: building the stand-in failed:\n{child.stderr[-2000:]}")
-    return json.loads(child.stdout)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "standin.json"
+        code = "import json, sys; from spiel.instruct import standin; " \
+               "open(sys.argv[1], 'w').write(json.dumps(standin(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))"
+        child = subprocess.run([sys.executable, "-c", code, str(out), name, str(n), str(seed)], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        if child.returncode != 0:
+            raise TrainDataError(f"train_data.{name}: building the stand-in failed:\n{child.stderr[-2000:]}")
+        return json.loads(out.read_text())
 
 
 def from_alpaca_json(path: Path) -> list[Conversation]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,31 +110,43 @@ def test_only_single_turn_reasoning_gym_questions_are_verifiable(tmp_path):
 
 
 class _Scripted(torch.nn.Module):
-    """A model whose greedy answer to every prompt is its ``script`` tokens, then end-of-sequence, then ``after``."""
+    """A model whose greedy continuation of every prompt is ``tokens``, then ``tokens[-1]`` forever; it counts its
+    forward calls."""
 
-    def __init__(self, script, eos, after):
+    def __init__(self, tokens, vocab):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.script, self.eos, self.after, self.budgets = script, eos, after, []
+        self.tokens, self.vocab, self.calls = tokens, vocab, 0
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
-        self.budgets.append(max_new_tokens)
-        tail = [*self.script, self.eos, *self.after][:max_new_tokens]
-        return torch.cat([input_ids, torch.tensor([tail] * len(input_ids))], dim=1)
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        step = 0 if past_key_values is None else past_key_values
+        logits = torch.zeros(len(input_ids), 1, self.vocab)
+        logits[:, -1, self.tokens[min(step, len(self.tokens) - 1)]] = 1.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits, past_key_values=step + 1)
 
 
-def test_exact_match_cuts_at_the_end_of_sequence_and_ignores_surrounding_whitespace(training_setup):
+def test_exact_match_ends_at_the_end_of_sequence_and_needs_it(training_setup):
     from spiel.adapters import load_base
 
     _, tokenizer = load_base(training_setup / "model")
-    answer = tokenizer.encode("The answer is 7.", add_special_tokens=False)
-    model = _Scripted(answer, tokenizer.eos_token_id, tokenizer.encode(" more", add_special_tokens=False))
+
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
     questions = [(1, "Add 3 and 4.", "The answer is  7.\n"), (2, "Add 3 and 5.", "The answer is 8.")]
-    samples = exact_match(model, tokenizer, questions)
+    budget = max(len(encode(r)) for _, _, r in questions) + ANSWER_MARGIN
+    answer = encode("The answer is 7.")
+    ends = _Scripted([*answer, tokenizer.eos_token_id, *encode(" more")], len(tokenizer))
+    samples = exact_match(ends, tokenizer, questions)
     assert [s["exact_match"] for s in samples] == [1, 0] and [s["doc_id"] for s in samples] == [1, 2]
-    assert samples[0]["prediction"] == "The answer is 7."  # the tokens after end-of-sequence are not the answer
-    longest = max(len(tokenizer.encode(r, add_special_tokens=False)) for _, _, r in questions)
-    assert model.budgets == [longest + ANSWER_MARGIN]
+    assert samples[0]["prediction"] == "The answer is 7." and samples[0]["ended"]  # nothing after end-of-sequence
+    assert ends.calls == len(answer) + 1  # the batch stopped when every row had ended
+    # the same answer followed by spaces and never an end-of-sequence: it did not end within the budget
+    runs_on = _Scripted([*answer, *encode(" ")], len(tokenizer))
+    samples = exact_match(runs_on, tokenizer, questions)
+    assert [s["exact_match"] for s in samples] == [0, 0] and not samples[0]["ended"]
+    assert samples[0]["prediction"].startswith("The answer is 7.") and runs_on.calls == budget
 
 
 def test_exact_match_answers_each_question_as_a_greedy_loop_on_training_s_prompt(training_setup):
@@ -166,13 +179,16 @@ def test_the_heldout_result_scores_exact_match_beside_the_loss(training_setup, t
     model, tokenizer = load_base(training_setup / "model")
     path = _write(tmp_path / "h.jsonl", [_question("Add 1 and 2.", "The answer is 3."),
                                          _question("Explain 'if'.", "An if statement.", source="pydoc_data:if"),
-                                         _question("Add 2 and 3.", "The answer is 5.")])
+                                         _question("Add 2 and 3.", "The answer is 5."),
+                                         _question("Add " + "1 and " * 40 + "2.", "The answer is 42.")])
     result = score(model.eval(), tokenizer, path, max_length=64)
     em = result["exact_match"]
-    assert result["n_items"] == 3 and em["n_items"] == 2 and [s["doc_id"] for s in em["samples"]] == [1, 3]
+    assert result["n_items"] == 3 and em["n_items"] == 2  # the last answer lies beyond max_length: neither scores it
+    assert [s["doc_id"] for s in em["samples"]] == [1, 3]
     hits = [100.0 * s["exact_match"] for s in em["samples"]]
     assert em["value"] == pytest.approx(sum(hits) / 2)
     assert em["stderr"] == pytest.approx(abs(hits[0] - hits[1]) / 2)  # the standard error of two values
+    assert "exact_match" not in score(model, tokenizer, path, max_length=64, answers=False)
     assert "exact_match" not in score(model, tokenizer, _write(tmp_path / "a.jsonl", [
         _question("Explain 'if'.", "An if statement.", source="pydoc_data:if")]), max_length=64)
 
@@ -199,8 +215,13 @@ def test_the_heldout_table_pairs_exact_match_with_original_where_a_split_has_ver
     assert spreads["s/LoRA/flan_heldout_em"]["delta"]["noise"] == pytest.approx(100 / math.sqrt(3) / 2)
     assert frame["alpaca_heldout_em"].isna().all() and "s/LoRA/alpaca_heldout_em" not in sources
     table = markdown_heldout(frame, spreads)
-    assert "Flan v2 held-out exact match (%)" in table and "GPT4-Alpaca held-out exact match" not in table
+    assert "Flan v2 held-out exact match (%), n = 4 (Δ" in table and "GPT4-Alpaca held-out exact match" not in table
     assert "75.0 ± 5.0 (Δ +50.0 ± 28.9)" in table
+    # a seed's file from before exact match was scored, beside one with it: an error, not a silent blank
+    with pytest.raises(ValueError, match="some seeds' files score held-out exact match"):
+        build_heldout(["s"], ["original", "lora"], {**files, "s/lora/flan/2": result("old", None)})
+    with pytest.raises(ValueError, match="scored for one of lora and original only"):
+        build_heldout(["s"], ["original", "lora"], {**files, "s/original/flan/1": result("old", None)})
     bad = result("bad", [1, 1, 1, 1])
     record = json.loads(bad.read_text())
     record["exact_match"]["value"] = 101.0

@@ -133,18 +133,24 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     config["models"]["tiny"]["resources"]["train_runtime"] = 1
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
     target = "results/adapters/tiny/flan/spiel-ag/seed-7"
-    # the uninterrupted reference runs locally meanwhile, on one core (the attempts' job has the other)
+    # the uninterrupted reference runs locally meanwhile, one job at a time and pinned to the last core
     (tmp_path / "local").mkdir()
     uninterrupted = workdir(tmp_path / "local")
     (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
-    with subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "long.yaml"], cwd=uninterrupted,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as local:
-        done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
-                              capture_output=True, text=True, timeout=1200)
-        _, local_log = local.communicate(timeout=1200)
+    last_core = {max(os.sched_getaffinity(0))}
+    with open(tmp_path / "local.log", "w") as local_log:
+        local = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "long.yaml"], cwd=uninterrupted,
+                                 stdout=local_log, stderr=subprocess.STDOUT,
+                                 preexec_fn=lambda: os.sched_setaffinity(0, last_core))
+        try:
+            done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,
+                                  capture_output=True, text=True, timeout=1200)
+            local.wait(timeout=1200)
+        finally:
+            local.kill()
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
-    assert local.returncode == 0, local_log[-3000:]
+    assert local.returncode == 0, (tmp_path / "local.log").read_text()[-3000:]
     assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 2  # stopped attempts and the last one
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated

@@ -281,8 +281,10 @@ def read_heldout(path: str | Path) -> dict:
     checks = [("value", record.get("value"), float("inf")), ("stderr", record.get("stderr"), float("inf"))]
     if "exact_match" in record:
         em = record["exact_match"]
-        if not isinstance(em, dict) or not isinstance(em.get("samples"), list):
-            raise ValueError(f"{path}: exact_match is not a scored set of answers")
+        if not isinstance(em, dict) or not isinstance(em.get("samples"), list) or not em["samples"] or any(
+                not isinstance(s, dict) or "doc_id" not in s or s.get("exact_match") not in (0, 1)
+                for s in em["samples"]) or em.get("n_items") != len(em["samples"]):
+            raise ValueError(f"{path}: exact_match is not a set of answers scored 0 or 1 (one per item)")
         checks += [("exact_match.value", em.get("value"), 100.0), ("exact_match.stderr", em.get("stderr"), 100.0)]
     for key, number, top in checks:
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= top \
@@ -325,11 +327,14 @@ def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | P
         for measure in HELDOUT_MEASURES:
             parts = [_measure(r, measure) for r in records[key]]
             if any(part is None for part in parts):
+                if any(part is not None for part in parts):
+                    raise ValueError(f"--result {key}: some seeds' files score {HELDOUT_MEASURES[measure]} and "
+                                     "others do not (results of different versions: rerun rule heldout)")
                 continue
             column = f"{split}_heldout_{measure}"
             cell = f"{size}/{method(name).label}/{column}"
             spreads[cell] = {**spread([p["value"] for p in parts], [seed for seed, _ in seeded]),
-                             "stderr": [p["stderr"] for p in parts]}
+                             "stderr": [p["stderr"] for p in parts], "n_items": len(parts[0]["samples"])}
             frame.loc[row, column] = round(spreads[cell]["mean"], 4)
             sources[cell] = [str(path) for _, path in seeded]
     for key, runs_of_cell in records.items():
@@ -342,7 +347,10 @@ def build_heldout(sizes: list[str], methods: list[str], files: dict[str, str | P
             column = f"{split}_heldout_{measure}"
             cell = f"{size}/{method(name).label}/{column}"
             base = _measure(baseline[0], measure)
-            if cell not in spreads or base is None:
+            if (cell in spreads) != (base is not None):
+                raise ValueError(f"--result {key}: {HELDOUT_MEASURES[measure]} is scored for one of {name} and "
+                                 f"{reference} only (results of different versions: rerun rule heldout)")
+            if base is None:
                 continue
             delta = paired_delta([_measure(r, measure) for r in runs_of_cell], base)
             spreads[cell]["delta"] = delta
@@ -377,7 +385,10 @@ def markdown_heldout(frame: pd.DataFrame, spreads: dict[str, dict], reference: s
         if not splits:
             continue
         digits = 3 if measure == "loss" else 1
-        headers = [f"{HELDOUT_SPLITS[s]} {name} (Δ vs {reference})" for s in splits]
+        items = {s: {r["n_items"] for k, r in spreads.items() if k.endswith(f"/{s}_heldout_{measure}")}
+                 for s in splits}
+        headers = [f"{HELDOUT_SPLITS[s]} {name}, n = {'/'.join(map(str, sorted(items[s])))} (Δ vs {reference})"
+                   for s in splits]
         lines = ["| Size | Method | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(splits)]
         for row in frame.itertuples(index=False):
             values = []

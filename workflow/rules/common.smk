@@ -242,7 +242,7 @@ def table_cells(table):
 
 
 def heldout_evaluations():
-    """``SIZE/METHOD/SPLIT/SEED`` → held-out loss file of every Table 1 row on each training set's held-out split
+    """``SIZE/METHOD/SPLIT/SEED`` → held-out result file of every Table 1 row on each training set's held-out split
     (the base model on all three; a trained cell on its own dataset's; blank FullIFT cells skipped)."""
     out = {}
     for size in SIZES:

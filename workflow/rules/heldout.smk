@@ -1,5 +1,6 @@
-"""Held-out loss (issue 20): every Table 1 row scored on each training set's held-out conversations, and the
-extension table ``results/table1h`` beside Table 1 (whose layout stays the paper's)."""
+"""Held-out loss and exact match (issue 20): every Table 1 row scored on each training set's held-out conversations
+(exact match on those with verifiable answers), and the extension table ``results/table1h`` beside Table 1 (whose
+layout stays the paper's)."""
 
 
 rule heldout:
@@ -26,7 +27,7 @@ rule heldout:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m spiel heldout --model {input.model} --adapter {input.adapters} "
-        "--data {input.data} --max-length {params.max_length} {params.flags} --out {output} > {log} 2>&1"
+        "--data {input.data} --max-length {params.max_length} {params.flags} --exact-match --out {output} > {log} 2>&1"
 
 
 rule table1h:
