@@ -83,6 +83,31 @@ def test_mmlu_two_of_three_with_leave_one_out_shots(tmp_path):
     assert "Answer: D\n\n" not in physics["prompt"]  # an item is never its own exemplar
 
 
+def test_mmlu_items_of_a_split_share_exemplars_from_outside_it_when_shots_are_items_too(tmp_path):
+    """The offline MMLU's layout: a subject's five questions are its shots, the first three its test items and
+    the other two its dev items. Every test item sees the two dev questions as exemplars (one shared prefix, as
+    with the paper's fixed dev exemplars), every dev item two test questions, and no item sees its own."""
+    questions = [(f"Q{i}?", "ABCDA"[i]) for i in range(5)]
+    rows = [_mmlu_row("shot", "astronomy", q, a) for q, a in questions]
+    rows += [_mmlu_row("test" if i < 3 else "dev", "astronomy", q, a) for i, (q, a) in enumerate(questions)]
+    write_jsonl(rows, tmp_path / "mmlu.jsonl")
+
+    def exemplars(split):
+        result = run(Scripted({q: a for q, a in questions}), tmp_path / "mmlu.jsonl",
+                     protocol("mmlu", {"shots": 2, "split": split}))
+        return {s["prompt"].split("\n\n")[-1].split("\n")[0]: [block.split("\n")[0] for block in
+                                                               s["prompt"].split("\n\n")[1:-1]]
+                for s in result["samples"]}
+
+    assert exemplars("test") == {"Q0?": ["Q3?", "Q4?"], "Q1?": ["Q3?", "Q4?"], "Q2?": ["Q3?", "Q4?"]}
+    assert exemplars("dev") == {"Q3?": ["Q0?", "Q1?"], "Q4?": ["Q0?", "Q1?"]}
+    # at more shots than the split leaves, the split's other items follow, never the item itself
+    result = run(Scripted({q: a for q, a in questions}), tmp_path / "mmlu.jsonl",
+                 protocol("mmlu", {"shots": 4, "split": "test"}))
+    first = next(s for s in result["samples"] if s["prompt"].endswith("Q0?\nA. w\nB. x\nC. y\nD. z\nAnswer:"))
+    assert [b.split("\n")[0] for b in first["prompt"].split("\n\n")[1:-1]] == ["Q3?", "Q4?", "Q1?", "Q2?"]
+
+
 def test_mmlu_dev_split_is_the_search_metric(tmp_path):
     rows = [_mmlu_row("test", "astronomy", "Q-test?", "A"), _mmlu_row("dev", "astronomy", "Q-dev?", "C")]
     write_jsonl(rows, tmp_path / "mmlu.jsonl")

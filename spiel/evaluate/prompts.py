@@ -98,7 +98,10 @@ def read_rows(path: Path, benchmark: str) -> list[Row]:
 
 def select(rows: list[Row], proto: Protocol) -> tuple[list[Row], dict[str, list[Row]]]:
     """The evaluated items (the protocol's split; ``max_items`` per group drawn with its seed) and the shots
-    per group. GSM draws ``max_items`` in all (it has one group)."""
+    per group, those that are not items of the split first: where a group's shots are also its items (the
+    offline MMLU's five questions per subject), every item of a split sees the same exemplars, as with the
+    paper's fixed dev exemplars, and never another item of its split. GSM draws ``max_items`` in all (it has one
+    group)."""
     unknown = sorted(set(proto.groups) - {row["group"] for row in rows})
     if unknown:
         present = sorted({row["group"] for row in rows})
@@ -113,6 +116,9 @@ def select(rows: list[Row], proto: Protocol) -> tuple[list[Row], dict[str, list[
             shots[row["group"]].append(row)
         elif row["split"] == proto.split:
             items[row["group"]].append(row)
+    for group, pool in shots.items():  # exemplars that are not items of this split first, in their order
+        asked = {_asked(row) for row in items[group]}
+        pool.sort(key=lambda shot: _asked(shot) in asked)
     chosen: list[Row] = []
     for group in sorted(items):
         members = items[group]
@@ -121,6 +127,11 @@ def select(rows: list[Row], proto: Protocol) -> tuple[list[Row], dict[str, list[
             members = [members[i] for i in picked]
         chosen += members
     return chosen, shots
+
+
+def _asked(row: Row) -> str | None:
+    """What a row asks (its question, or BBH's input): a shot that asks what an item asks is that item."""
+    return row.get("question", row.get("input"))
 
 
 def build_docs(rows: list[Row], proto: Protocol, truncate: Truncate) -> list[Row]:

@@ -112,9 +112,10 @@ _OPTION = re.compile(r"\(([A-D])\)\s*")
 def mmlu_from_lm_eval(test_per_subject: int = 3) -> list[Row]:
     """MMLU dev questions from lm-eval's ``flan_cot_fewshot`` configs (5 per subject, 57 subjects).
 
-    Questions that are not 4-option (one in this release) are skipped. Each question becomes a shot row
-    (exemplars are chosen leave-one-out at evaluation time) and an
-    evaluation row: the first ``test_per_subject`` of a subject are "test", the rest "dev" (the search metric).
+    Questions that are not 4-option (one in this release) are skipped. Each question becomes a shot row and an
+    evaluation row: the first ``test_per_subject`` of a subject are "test", the rest "dev" (the search metric). At
+    evaluation a split's items take their exemplars from the other split first (``prompts.select``), never
+    themselves.
     """
     rows: list[Row] = []
     folder = _lm_eval_tasks() / "mmlu" / "flan_cot_fewshot"
