@@ -18,7 +18,6 @@ whose whole conversation fits training's ``max_length`` are asked (training neve
 from __future__ import annotations
 
 import random
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from . import data
 from .data import read_conversations
+from .evaluate.run import mean_stderr
 from .jsonl import read_jsonl
 from .provenance import package_versions
 
@@ -74,24 +74,17 @@ def score(model: torch.nn.Module, tokenizer, path: Path, max_length: int, answer
         loss = float(target_loss(model, batch)) / tokens
         samples.append({"doc_id": line, "group": "heldout", "prompt": messages[0]["content"], "tokens": tokens,
                         "score": loss})
-    mean, spread = _mean_stderr([s["score"] for s in samples])
+    mean, spread = mean_stderr([s["score"] for s in samples])
     result = {"benchmark": "heldout", "metric": "loss (nats per target token)", "value": mean, "stderr": spread,
               "n_items": len(samples), "data_file": str(path), "max_length": max_length,
               "versions": package_versions(), "samples": samples}
     questions = [q for q in verifiable(path) if _fits(q, tokenizer, max_length)] if answers else []
     if questions:
         matches = exact_match(model, tokenizer, questions)
-        mean, spread = _mean_stderr([100.0 * m["exact_match"] for m in matches])
+        mean, spread = mean_stderr([100.0 * m["exact_match"] for m in matches])
         result["exact_match"] = {"metric": "exact match (%)", "value": mean, "stderr": spread,
                                  "n_items": len(matches), "samples": matches}
     return result
-
-
-def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for one value)."""
-    if len(values) < 2:
-        return values[0], 0.0
-    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
 def verifiable(path: Path) -> list[tuple[int, str, str]]:

@@ -76,7 +76,8 @@ def make_task(data_file: Path, proto: Protocol, truncate: Truncate):
     return ConfigurableTask(config=config)
 
 
-def _summary(scores: list[float]) -> tuple[float, float]:
+def mean_stderr(scores: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single score)."""
     n = len(scores)
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
@@ -89,12 +90,12 @@ def aggregate(benchmark: str, samples: list[dict]) -> dict[str, Any]:
     groups: dict[str, list[float]] = defaultdict(list)
     for sample in samples:
         groups[sample["group"]].append(sample["score"])
-    per_group = {g: _summary(s) for g, s in sorted(groups.items())}
+    per_group = {g: mean_stderr(s) for g, s in sorted(groups.items())}
     if benchmark in MACRO:
         value = sum(m for m, _ in per_group.values()) / len(per_group)
         stderr = math.sqrt(sum(se**2 for _, se in per_group.values())) / len(per_group)
     else:
-        value, stderr = _summary([s["score"] for s in samples])
+        value, stderr = mean_stderr([s["score"] for s in samples])
     return {"value": 100 * value, "stderr": 100 * stderr, "n_items": len(samples),
             "groups": {g: {"value": 100 * m, "stderr": 100 * se, "n_items": len(groups[g])}
                        for g, (m, se) in per_group.items()}}

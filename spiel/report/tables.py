@@ -287,8 +287,8 @@ def read_heldout(path: str | Path) -> dict:
             raise ValueError(f"{path}: exact_match is not a set of answers scored 0 or 1 (one per item)")
         checks += [("exact_match.value", em.get("value"), 100.0), ("exact_match.stderr", em.get("stderr"), 100.0)]
     for key, number, top in checks:
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= top \
-                or number == float("inf"):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                or not 0 <= number <= top:
             raise ValueError(f"{path}: {key}={number!r} is out of range")
     return record
 

@@ -1,7 +1,7 @@
 """Tables 1 and 2 and, with ``static_sparse``, Table 1x (CSV as in the paper, Markdown, and a JSON naming each
 cell's evaluation files with the spread over seeds); Figure 2. Tables 3 and 4 and Figure 4 are built in ``memory.smk``
-and ``search.smk``, Table 5 in ``ablation.smk``, Table 1h (held-out loss and exact match) in ``heldout.smk``, beside the jobs they
-read."""
+and ``search.smk``, Table 5 in ``ablation.smk``, Table 1h (held-out loss and exact match) in ``heldout.smk``, beside
+the jobs they read."""
 
 
 rule table:
