@@ -10,29 +10,63 @@ import pytest
 from spiel.memory import Probe, ProbeSpec, binary_search, run_probe
 
 
-def _fake(threshold: int, calls: list[int]):
+def _fake(threshold: int, calls: list[int], peak=None):
+    """A probe that passes from ``threshold`` MiB; a passing one reports ``peak(limit)`` as its peak."""
     def probe(limit: int) -> Probe:
         calls.append(limit)
-        return Probe(limit, limit >= threshold, "" if limit >= threshold else "out of memory")
+        passed = limit >= threshold
+        return Probe(limit, passed, "" if passed else "out of memory", peak_mb=peak(limit) if peak and passed else None)
     return probe
 
 
-@pytest.mark.parametrize(("low", "high", "step"), [(0, 64 * 1024, 1024), (512, 4608, 128), (0, 100, 7)])
-def test_search_finds_a_known_threshold_in_log2_probes(low, high, step):
-    intervals = math.ceil((high - low) / step)
-    expected_probes = math.ceil(math.log2(intervals))  # exact when intervals is a power of 2, else at most
-    for threshold in range(low + 1, high + 1, max(1, (high - low) // 37)):
+def _thresholds(low: int, high: int):
+    return range(low + 1, high + 1, max(1, (high - low) // 37))
+
+
+def _lowest(threshold: int, low: int, high: int, step: int) -> int:
+    return min(low + math.ceil((threshold - low) / step) * step, high)  # first grid limit ≥ threshold
+
+
+BOUNDS = [(0, 64 * 1024, 1024), (512, 4608, 128), (0, 100, 7)]
+
+
+@pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
+def test_search_without_peaks_bisects_in_log2_probes_after_the_upper_bound(low, high, step):
+    bisection = math.ceil(math.log2(math.ceil((high - low) / step)))
+    for threshold in _thresholds(low, high):
         calls: list[int] = []
         search = binary_search(_fake(threshold, calls), low, high, step)
-        lowest = min(low + math.ceil((threshold - low) / step) * step, high)  # first grid limit ≥ threshold
+        assert search.limit_mb == _lowest(threshold, low, high, step), threshold
+        assert calls[0] == high and len(calls) <= 1 + bisection, (threshold, calls)
+        assert search.passing is not None and search.passing.limit_mb == search.limit_mb
+
+
+@pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
+@pytest.mark.parametrize("below", [0, 0.4, 0.99])
+def test_a_peak_in_the_requirements_granule_finds_it_in_three_probes(low, high, step, below):
+    """The probe at the upper bound reports a peak up to ``below`` granules under the requirement: when it lies in
+    the requirement's granule, that granule passes and the one below fails, whatever the range; in the granule
+    below, that one fails and the requirement's passes."""
+    for threshold in _thresholds(low, high):
+        lowest, peak = _lowest(threshold, low, high, step), max(low, threshold - below * step)
+        calls: list[int] = []
+        search = binary_search(_fake(threshold, calls, peak=lambda _, peak=peak: peak), low, high, step)
         assert search.limit_mb == lowest, threshold
-        # when the threshold's grid point is high itself every probe below failed: high is probed to confirm
-        extra = 1 if lowest == high else 0
-        if intervals & (intervals - 1) == 0:
-            assert len(calls) == expected_probes + extra, (threshold, calls)
-        else:
-            assert expected_probes - 1 + extra <= len(calls) <= expected_probes + extra, (threshold, calls)
-        assert search.passing is not None and search.passing.limit_mb == lowest
+        if low + step < lowest < high:
+            same = _lowest(peak, low, high, step) == lowest
+            assert calls == [high, lowest, lowest - step] if same else [high, lowest - step, lowest], (threshold, calls)
+        assert len(calls) <= 3
+
+
+@pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
+@pytest.mark.parametrize("peak", [lambda limit: 0.0, lambda limit: 10.0**9, lambda limit: limit / 2])
+def test_a_misleading_peak_costs_at_most_three_probes_more_than_bisection(low, high, step, peak):
+    bisection = math.ceil(math.log2(math.ceil((high - low) / step)))
+    for threshold in _thresholds(low, high):
+        calls: list[int] = []
+        search = binary_search(_fake(threshold, calls, peak=peak), low, high, step)
+        assert search.limit_mb == _lowest(threshold, low, high, step), threshold
+        assert len(calls) <= bisection + 3, (threshold, calls)
 
 
 @pytest.mark.parametrize(("whole_threshold", "expected"), [(1000, 1024), (1150, 1152), (5000, None)])
@@ -52,7 +86,7 @@ def test_short_search_probes_are_confirmed_by_whole_runs(whole_threshold, expect
     assert record["memory_mb"] == expected and record["steps"] == 30 and record["search_steps"] == 6
     short = [p for p in record["probes"] if p["steps"] == 6]
     whole = [p["limit_mb"] for p in record["probes"] if p["steps"] == 30]
-    assert len(short) == 5 and max(p["limit_mb"] for p in short if not p["passed"]) == 960
+    assert len(short) == 1 + 5 and max(p["limit_mb"] for p in short if not p["passed"]) == 960
     assert whole == list(range(1024, (expected or 2048) + 1, 64))
     assert record["seconds_per_step"] == (2.0 if expected else None)
 
@@ -68,11 +102,11 @@ def test_a_search_whose_probes_never_run_out_of_memory_is_an_error(reason):
         measure(spec, 0, 2048, 512, runner=lambda s, limit: Probe(limit, False, reason))
 
 
-def test_search_that_fails_at_the_upper_bound_reports_none():
+def test_search_that_fails_at_the_upper_bound_reports_none_without_probing_lower():
     calls: list[int] = []
     search = binary_search(_fake(10**9, calls), 0, 8192, 1024)
     assert search.limit_mb is None and search.passing is None
-    assert calls[-1] == 8192 and len(calls) == 3 + 1
+    assert calls == [8192]
     assert all(not p.passed and p.reason == "out of memory" for p in search.probes)
     with pytest.raises(ValueError, match="bounds"):
         binary_search(_fake(1, []), 100, 100, 1)
