@@ -345,7 +345,8 @@ def _memory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=int, help="steps of the binary search's probes (a prefix of the run); "
                                                     "the limit found is then confirmed with STEPS steps")
     p.add_argument("--low-mb", type=int, default=0, help="a limit known to fail")
-    p.add_argument("--high-mb", type=int, required=True, help="a limit expected to pass (probed if all else fail)")
+    p.add_argument("--high-mb", type=int, required=True,
+                   help="a limit expected to pass (probed first; its peak memory guides the search)")
     p.add_argument("--step-mb", type=int, default=1024, help="granularity (the paper: 1 GiB)")
     p.add_argument("--timeout-s", type=float, default=3600, help="a probe running longer fails")
     p.add_argument("--threads", type=int, default=1)

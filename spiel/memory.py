@@ -80,12 +80,14 @@ def binary_search(probe: Callable[[int], Probe], low_mb: int, high_mb: int, step
     ``probe`` passes, assuming that passing is monotone in the limit (``low_mb`` is taken to fail).
 
     The paper's bisection (App. F), guided by what the probes measure: the first probe runs at ``high_mb`` (if it
-    fails, nothing lower is tried and ``limit_mb`` is None) and reports its peak memory; the granule holding that
-    peak, g, is probed next — then g − 1 if g passed, g + 1 if it failed — while they lie inside the bracket, and
-    the bracket's middle after that. App. F notes that the requirement may differ from the peak of an unconstrained
-    run, so the peak only chooses where to probe; the verdicts decide. A peak within a granule of the requirement
-    costs 3 probes whatever the range (plain bisection: ⌈log2((high − low) / step)⌉); a misleading one, at most 3
-    more than plain bisection.
+    fails, nothing lower is tried and ``limit_mb`` is None) and reports its peak memory. From the granule holding
+    that peak, g, the search gallops: down (g − 1, g − 3, g − 7, …) while probes pass, up (g + 1, g + 3, …) while
+    they fail, and bisects the bracket once a probe crosses the threshold or a step would leave it. App. F notes
+    that the requirement may differ from the peak of an unconstrained run, so the peak only chooses where to
+    probe; the verdicts decide (a peak in the bounds' own granules starts next to them). A peak in the
+    requirement's granule or the one below costs at most 3 probes whatever the range (plain bisection: 1 +
+    ⌈log2((high − low) / step)⌉); one k granules off, about 2·log2(k) + 3; no peak, or one outside the range,
+    plain bisection.
     """
     if step_mb <= 0 or high_mb <= low_mb:
         raise ValueError(f"memory search bounds: need 0 < step_mb and low_mb < high_mb, got {low_mb}, {high_mb}, "
@@ -100,15 +102,28 @@ def binary_search(probe: Callable[[int], Probe], low_mb: int, high_mb: int, step
     search.probes.append(first)
     if not first.passed:
         return search
-    guide = [] if first.peak_mb is None else [math.ceil((first.peak_mb - low_mb) / step_mb) + d for d in (0, -1, 1)]
+    peak = first.peak_mb
+    anchor = math.ceil((peak - low_mb) / step_mb) if peak is not None and math.isfinite(peak) else None
+    if anchor is not None and 0 <= anchor <= ok:  # low_mb and high_mb are known: start next to them, inside
+        anchor = min(max(anchor, 1), ok - 1)
+    stride = 0  # galloping from the peak's granule: 0, then ±1, ±2, ±4, … in the direction of the first verdict
     while ok - fail > 1:
-        index = next((i for i in guide if fail < i < ok), (fail + ok) // 2)
+        galloping = anchor is not None and fail < anchor + stride < ok
+        index = anchor + stride if galloping else (fail + ok) // 2
         result = probe(limit(index))
         search.probes.append(result)
         if result.passed:
             ok = index
         else:
             fail = index
+        if galloping:
+            direction = -1 if result.passed else 1
+            if stride == 0 or (stride > 0) == (direction > 0):  # not crossed yet: step on, twice as far
+                anchor, stride = index, direction * max(1, 2 * abs(stride))
+            else:
+                anchor = None  # crossed: the bracket holds the threshold
+        else:
+            anchor = None
     search.limit_mb = limit(ok)
     return search
 

@@ -20,7 +20,7 @@ def _fake(threshold: int, calls: list[int], peak=None):
 
 
 def _thresholds(low: int, high: int):
-    return range(low + 1, high + 1, max(1, (high - low) // 37))
+    return [*range(low + 1, high + 1, max(1, (high - low) // 37)), high]
 
 
 def _lowest(threshold: int, low: int, high: int, step: int) -> int:
@@ -30,15 +30,26 @@ def _lowest(threshold: int, low: int, high: int, step: int) -> int:
 BOUNDS = [(0, 64 * 1024, 1024), (512, 4608, 128), (0, 100, 7)]
 
 
+def _search(threshold: int, low: int, high: int, step: int, peak=None) -> list[int]:
+    """The limits probed by a search for ``threshold``, after checking that it found the lowest passing grid limit
+    and probed each limit once, inside (low, high], the upper bound first."""
+    calls: list[int] = []
+    search = binary_search(_fake(threshold, calls, peak), low, high, step)
+    lowest = _lowest(threshold, low, high, step)
+    assert search.limit_mb == lowest and search.passing.limit_mb == lowest, (threshold, calls)
+    assert calls[0] == high and len(set(calls)) == len(calls) and all(low < c <= high for c in calls), calls
+    return calls
+
+
 @pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
 def test_search_without_peaks_bisects_in_log2_probes_after_the_upper_bound(low, high, step):
-    bisection = math.ceil(math.log2(math.ceil((high - low) / step)))
+    intervals = math.ceil((high - low) / step)
+    bisection = math.ceil(math.log2(intervals))
     for threshold in _thresholds(low, high):
-        calls: list[int] = []
-        search = binary_search(_fake(threshold, calls), low, high, step)
-        assert search.limit_mb == _lowest(threshold, low, high, step), threshold
-        assert calls[0] == high and len(calls) <= 1 + bisection, (threshold, calls)
-        assert search.passing is not None and search.passing.limit_mb == search.limit_mb
+        calls = _search(threshold, low, high, step)
+        if intervals & (intervals - 1) == 0 and _lowest(threshold, low, high, step) < high:
+            assert len(calls) == 1 + bisection, (threshold, calls)
+        assert len(calls) <= 1 + bisection, (threshold, calls)
 
 
 @pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
@@ -49,24 +60,36 @@ def test_a_peak_in_the_requirements_granule_finds_it_in_three_probes(low, high, 
     below, that one fails and the requirement's passes."""
     for threshold in _thresholds(low, high):
         lowest, peak = _lowest(threshold, low, high, step), max(low, threshold - below * step)
-        calls: list[int] = []
-        search = binary_search(_fake(threshold, calls, peak=lambda _, peak=peak: peak), low, high, step)
-        assert search.limit_mb == lowest, threshold
+        calls = _search(threshold, low, high, step, peak=lambda _, peak=peak: peak)
         if low + step < lowest < high:
             same = _lowest(peak, low, high, step) == lowest
             assert calls == [high, lowest, lowest - step] if same else [high, lowest - step, lowest], (threshold, calls)
-        assert len(calls) <= 3
+        assert len(calls) <= 3, (threshold, calls)
 
 
 @pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
-@pytest.mark.parametrize("peak", [lambda limit: 0.0, lambda limit: 10.0**9, lambda limit: limit / 2])
-def test_a_misleading_peak_costs_at_most_three_probes_more_than_bisection(low, high, step, peak):
+@pytest.mark.parametrize("above", [1, 2, 5, 17])
+def test_a_peak_granules_above_the_requirement_gallops_down_to_it(low, high, step, above):
+    """A peak ``above`` granules over the requirement: probes at g − 1, g − 3, g − 7, … pass until one fails, then
+    the bracket is bisected: about 2·log2(above) + 3 probes, not a bisection of everything below the peak."""
+    for threshold in _thresholds(low, high):
+        peak = threshold + above * step
+        calls = _search(threshold, low, high, step, peak=lambda _, peak=peak: peak)
+        if peak <= high:  # a peak beyond the upper bound is out of range: plain bisection (below)
+            assert len(calls) <= 2 * math.ceil(math.log2(above + 1)) + 3, (threshold, calls)
+
+
+@pytest.mark.parametrize(("low", "high", "step"), BOUNDS)
+@pytest.mark.parametrize(("peak", "inside"), [(lambda limit: 10.0**9, False), (lambda limit: math.nan, False),
+                                              (lambda limit: -(10.0**9), False), (lambda limit: 0.0, True),
+                                              (lambda limit: limit / 2, True)])
+def test_a_peak_outside_the_range_or_misleading_still_finds_the_requirement(low, high, step, peak, inside):
+    """Out of the range (or not a number): plain bisection; misleading inside it: at most twice bisection's
+    probes (galloping to the threshold, then bisecting the last stride)."""
     bisection = math.ceil(math.log2(math.ceil((high - low) / step)))
     for threshold in _thresholds(low, high):
-        calls: list[int] = []
-        search = binary_search(_fake(threshold, calls, peak=peak), low, high, step)
-        assert search.limit_mb == _lowest(threshold, low, high, step), threshold
-        assert len(calls) <= bisection + 3, (threshold, calls)
+        calls = _search(threshold, low, high, step, peak=peak)
+        assert len(calls) <= (1 + 2 * bisection + 1 if inside else 1 + bisection), (threshold, calls)
 
 
 @pytest.mark.parametrize(("whole_threshold", "expected"), [(1000, 1024), (1150, 1152), (5000, None)])
