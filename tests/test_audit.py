@@ -162,6 +162,29 @@ def _memory(passed: int, failed: list[int], step_seconds: list[float]) -> dict:
     return {"memory_mb": passed, "steps": 2, "probes": probes}
 
 
+def test_table3_gives_each_number_its_bracket_and_standard_error(tmp_path):
+    """Table 3's memory is the search's bracket (highest out-of-memory limit – lowest passing one) and its time the
+    mean ± standard error of the timed steps, in the CSV and the markdown; a probe that failed for another reason
+    does not narrow the bracket."""
+    from spiel.report.tables import build_table3, markdown_table3
+
+    records = {"lora": _memory(2048, [1792, 1024], [1.0, 1.2, 1.4]), "spiel-ag": _memory(1024, [], [2.0])}
+    failed = {"limit_mb": 768, "passed": False, "reason": "error: primitive", "steps": 2}
+    records["spiel-ag"]["probes"].insert(0, failed)
+    paths = []
+    for name, record in records.items():
+        record.update(method=name, size="s", gradient_checkpointing=False, seconds_per_step=1.2, device="cpu",
+                      mechanism="RLIMIT_DATA", peak_mb=1.0)
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(record))
+    frame, _ = build_table3(paths)
+    lora, ag = frame.iloc[0], frame.iloc[1]
+    assert (lora["memory_gb_failed"], lora["memory_gb"]) == (1.75, 2.0) and lora["seconds_per_step_se"] == 0.115
+    assert ag["memory_gb_failed"] == 0.0 and pd.isna(ag["seconds_per_step_se"])  # one timed step: no error
+    text = markdown_table3(frame)
+    assert "| s | LoRA | 1.75–2 / – | 1.2 ± 0.115 / – |" in text and "| s | SpIEL-AG | 0–1 / – | 1.2 / – |" in text
+
+
 @pytest.mark.parametrize(("ag", "verdict"), [((1024, [768]), REPLICATED), ((2048, [1792]), INCONCLUSIVE),
                                              ((3072, [2816]), CONTRADICTED)])
 def test_memory_claims_are_decided_by_the_search_brackets(tmp_path, ag, verdict):

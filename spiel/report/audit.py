@@ -33,6 +33,7 @@ import pandas as pd
 from ..evaluate.run import MACRO
 from . import stats
 from .stats import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, REPLICATED, Estimate, Stratum
+from .tables import memory_bracket, step_seconds
 
 KEYS = {"table1": ["size", "method"], "table1x": ["size", "method"], "table2": ["size", "method"],
         "table3": ["size", "method", "activation_checkpointing"], "table4": ["size", "method"],
@@ -261,24 +262,6 @@ def _quantization_cost(tables: Tables) -> Evidence | None:
              for full, quantized in (("LoRA", "qLoRA"), ("SpIEL-AG", "qSpIEL-AG"), ("SpIEL-MA", "qSpIEL-MA"))
              for size in tables.sizes("table2")]
     return scores(tables, pairs, margin=3.0)
-
-
-def memory_bracket(record: dict) -> tuple[float, float] | None:
-    """(lower, upper) GB bracketing a memory search's requirement: the highest limit that ran out of memory
-    (0 if none) and the lowest that passed; None if none passed."""
-    passed = record["memory_mb"]
-    if passed is None:
-        return None
-    failed = [p["limit_mb"] for p in record["probes"]
-              if not p["passed"] and p["reason"] == "out of memory" and p["limit_mb"] < passed]
-    return max(failed, default=0) / 1024, passed / 1024
-
-
-def step_seconds(record: dict) -> list[float]:
-    """The per-step times of the probe that gave a memory search's step time (the lowest passing whole run)."""
-    runs = [p for p in record["probes"] if p["passed"] and p["limit_mb"] == record["memory_mb"]
-            and p["steps"] in (None, record["steps"])]
-    return list(runs[-1]["step_seconds"]) if runs else []
 
 
 Terms = dict[tuple[str, str, str], float]

@@ -218,15 +218,35 @@ def markdown_table4(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def memory_bracket(record: dict) -> tuple[float, float] | None:
+    """(lower, upper) GB bracketing a memory search's requirement: the highest limit that ran out of memory
+    (0 if none) and the lowest that passed; None if none passed."""
+    passed = record["memory_mb"]
+    if passed is None:
+        return None
+    failed = [p["limit_mb"] for p in record["probes"]
+              if not p["passed"] and p["reason"] == "out of memory" and p["limit_mb"] < passed]
+    return max(failed, default=0) / 1024, passed / 1024
+
+
+def step_seconds(record: dict) -> list[float]:
+    """The per-step times of the probe that gave a memory search's step time (the lowest passing whole run)."""
+    runs = [p for p in record["probes"] if p["passed"] and p["limit_mb"] == record["memory_mb"]
+            and p["steps"] in (None, record["steps"])]
+    return list(runs[-1]["step_seconds"]) if runs else []
+
+
 def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
     """Table 3 from ``memory`` result files: the paper's columns (memory in GB = GiB as in App. F, seconds per
     step at the lowest passing limit), then the device and mechanism that produced each number, the limit in MiB,
-    the measured peak (CUDA: allocated; CPU: resident), the number of probes and the steps per probe. A search
-    that failed even at its upper bound leaves the row's numbers empty."""
+    the measured peak (CUDA: allocated; CPU: resident), the number of probes and the steps per probe, and their
+    noise: the highest limit that ran out of memory below the requirement (``memory_gb_failed``; the requirement
+    lies above it) and the standard error of the mean step time over the timed steps. A search that failed even at
+    its upper bound leaves the row's numbers empty."""
     rows, sources = [], {}
     for path in results:
         record = json.loads(Path(path).read_text())
-        memory_mb = record["memory_mb"]
+        memory_mb, bracket, steps = record["memory_mb"], memory_bracket(record), step_seconds(record)
         label = method(record["method"]).label
         rows.append({"size": record["size"], "method": label,
                      "activation_checkpointing": str(record["gradient_checkpointing"]).lower(),
@@ -235,7 +255,10 @@ def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str
                      else round(record["seconds_per_step"], 3),
                      "device": record["device"], "mechanism": record["mechanism"], "memory_mb": memory_mb,
                      "peak_mb": None if record["peak_mb"] is None else round(record["peak_mb"], 1),
-                     "probes": len(record["probes"]), "steps": record["steps"]})
+                     "probes": len(record["probes"]), "steps": record["steps"],
+                     "memory_gb_failed": None if bracket is None else round(bracket[0], 3),
+                     "seconds_per_step_se": round(statistics.stdev(steps) / math.sqrt(len(steps)), 3)
+                     if len(steps) > 1 else None})
         sources[f"{record['size']}/{label}/{rows[-1]['activation_checkpointing']}"] = str(path)
     frame = pd.DataFrame(rows)
     frame["memory_mb"] = frame["memory_mb"].astype("Int64")
@@ -244,18 +267,26 @@ def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str
 
 def markdown_table3(frame: pd.DataFrame) -> str:
     """Memory (GB) and time (s/step) without / with activation checkpointing, as the paper prints them."""
-    def pair(rows: pd.DataFrame, column: str) -> str:
+    def pair(rows: pd.DataFrame, column: str, noise: str, form: str) -> str:
         values = []
         for flag in ("false", "true"):
-            value = rows[rows["activation_checkpointing"] == flag][column]
-            values.append("–" if value.empty or pd.isna(value.iloc[0]) else f"{value.iloc[0]:g}")
+            row = rows[rows["activation_checkpointing"] == flag]
+            if row.empty or pd.isna(row[column].iloc[0]):
+                values.append("–")
+            else:
+                value, spread = row[column].iloc[0], row[noise].iloc[0]
+                values.append(f"{value:g}" if pd.isna(spread) else form.format(value=value, spread=spread))
         return " / ".join(values)
 
     lines = ["| Size | Method | Mem. GB (w/o / w ckpt) | Time s/step (w/o / w ckpt) |", "|---|---|---|---|"]
     for (size, label), rows in frame.groupby(["size", "method"], sort=False):
-        lines.append(f"| {size} | {label} | {pair(rows, 'memory_gb')} | {pair(rows, 'seconds_per_step')} |")
+        memory = pair(rows, "memory_gb", "memory_gb_failed", "{spread:g}–{value:g}")
+        time = pair(rows, "seconds_per_step", "seconds_per_step_se", "{value:g} ± {spread:g}")
+        lines.append(f"| {size} | {label} | {memory} | {time} |")
     devices = "; ".join(sorted(set(frame["device"] + " — " + frame["mechanism"])))
-    return "\n".join(lines) + f"\n\nMeasured on: {devices}.\n"
+    return ("\n".join(lines) + "\n\nMemory: the highest limit that ran out of memory – the lowest that passed (the "
+            "requirement lies in between); time: mean ± standard error over the timed steps at the lowest passing "
+            f"limit.\nMeasured on: {devices}.\n")
 
 
 HELDOUT_SPLITS = {"flan": "Flan v2", "alpaca": "GPT4-Alpaca", "tulu": "Tülu v2"}
