@@ -218,6 +218,11 @@ def markdown_table4(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean (sample standard deviation / √n); None for fewer than two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
 def memory_bracket(record: dict) -> tuple[float, float] | None:
     """(lower, upper) GB bracketing a memory search's requirement: the highest limit that ran out of memory
     (0 if none) and the lowest that passed; None if none passed."""
@@ -257,8 +262,7 @@ def build_table3(results: list[str | Path]) -> tuple[pd.DataFrame, dict[str, str
                      "peak_mb": None if record["peak_mb"] is None else round(record["peak_mb"], 1),
                      "probes": len(record["probes"]), "steps": record["steps"],
                      "memory_gb_failed": None if bracket is None else round(bracket[0], 3),
-                     "seconds_per_step_se": round(statistics.stdev(steps) / math.sqrt(len(steps)), 3)
-                     if len(steps) > 1 else None})
+                     "seconds_per_step_se": None if len(steps) < 2 else round(standard_error(steps), 3)})
         sources[f"{record['size']}/{label}/{rows[-1]['activation_checkpointing']}"] = str(path)
     frame = pd.DataFrame(rows)
     frame["memory_mb"] = frame["memory_mb"].astype("Int64")
@@ -401,7 +405,7 @@ def paired_delta(runs: list[dict], reference: dict) -> dict:
             raise ValueError(f"{run['data_file']}: scored other conversations than the reference "
                              f"{reference['data_file']} (held-out files must match)")
         means.append(statistics.fmean(differences))
-        errors.append(statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else 0.0)
+        errors.append(standard_error(differences) or 0.0)
     return {"mean": statistics.fmean(means), "noise": errors[0] if len(runs) == 1 else statistics.stdev(means),
             "runs": means, "stderr": errors, "n_items": len(base)}
 
