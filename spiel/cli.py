@@ -423,6 +423,8 @@ def _table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--result", nargs="+", required=True, metavar="SIZE/METHOD/DATASET/BENCHMARK/SEED=FILE",
                    help="the evaluation file of every cell and seed (DATASET base for untuned methods)")
+    p.add_argument("--columns", nargs="+", metavar="COLUMN",
+                   help="only these of the table's columns, named as in the paper's CSV (e.g. flan_mmlu; default all)")
     p.add_argument("--fullift-blank", nargs="*", default=[], metavar="SIZE/DATASET",
                    help="FullIFT cells left blank (not trained at that size)")
     p.add_argument("--fullift-released", nargs="*", default=[], metavar="SIZE/DATASET=CITATION",
@@ -443,8 +445,8 @@ def cmd_table(args: argparse.Namespace) -> None:
     for key in released:
         size_dataset(key, args.sizes, "--fullift-released")
     frame, sources, spreads = build(args.table, args.sizes, args.methods, _pairs(args.result, "--result"),
-                                    args.fullift_blank)
-    notes = fullift_notes(args.table, args.fullift_blank, released) if "full" in args.methods else []
+                                    args.fullift_blank, args.columns)
+    notes = fullift_notes(args.table, args.fullift_blank, released, args.columns) if "full" in args.methods else []
     _write_table(frame, markdown(frame, notes, spreads),
                  {"table": args.table, "sources": sources, "spread": spreads, "notes": notes}, Path(args.out))
 

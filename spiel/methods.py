@@ -169,6 +169,20 @@ def check_hyperparameters(name: str, hp: dict[str, Any], where: str = "--hp") ->
     return typed
 
 
+def same_hyperparameters(name: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether ``a`` and ``b`` train method ``name`` alike: the same values once typed, a value left out read as
+    its default (SpIEL's knobs: SpielConfig's; ``weight_decay``: 0; ``rank``: DEFAULT_RANK), so that a grid point
+    or an ablation cell that repeats a table cell's training reuses it instead of training it again."""
+    typed = [check_hyperparameters(name, hp) for hp in (a, b)]
+    defaults = {"weight_decay": 0.0, "rank": DEFAULT_RANK}
+    full = [{**defaults, **hp} for hp in typed]
+    spec = method(name)
+    if spec.kind in ("spiel", "spiel-fixed"):  # the knobs compared as the configuration they make
+        full = [{**{k: v for k, v in hp.items() if k not in SPIEL_KNOBS}, "spiel": spiel_config(spec, hp, seed=0)}
+                for hp in full]
+    return full[0] == full[1]
+
+
 def spiel_config(spec: Method, hp: dict[str, Any], seed: int) -> SpielConfig:
     """The SpIEL adapter configuration of checked hyperparameters ``hp`` (SpielConfig's defaults elsewhere)."""
     return SpielConfig(lora_rank=hp.get("rank", DEFAULT_RANK), growth=spec.growth, seed=seed,

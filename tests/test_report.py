@@ -161,3 +161,34 @@ def test_table_rejects_a_malformed_fullift_cell(tmp_path, capsys):
                  "--fullift-blank", "13b-flan", "--out", str(tmp_path / "t.csv")]) == 2
     assert "--fullift-blank '13b-flan': expected SIZE/DATASET" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_a_table_of_chosen_columns_reads_only_their_files_and_shows_only_them(tmp_path, capsys):
+    """``tables.columns`` (``spiel table --columns``): the table has exactly the chosen columns in the paper's
+    order, each cell equal to its evaluation file; a file of a left-out column and an unknown column are refused."""
+    import json
+
+    from spiel.cli import main
+
+    chosen = ["flan_tydiqa", "flan_mmlu"]
+    kept = cells("table1x", ["s"], ["lora", "shira"], columns=chosen)
+    assert [(c.dataset, c.benchmark) for c in kept] == [("flan", "mmlu"), ("flan", "tydiqa")] * 2
+    results = []
+    for i, cell in enumerate(kept):
+        path = tmp_path / f"{i}.json"
+        path.write_text(json.dumps({"benchmark": cell.benchmark, "value": 20.0 + i, "stderr": 2.0}))
+        results.append(f"{cell.key}/1={path}")
+    out = tmp_path / "table1x.csv"
+    args = ["table", "--table", "table1x", "--sizes", "s", "--methods", "lora", "shira", "--columns", *chosen]
+    assert main([*args, "--result", *results, "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["size", "method", "flan_mmlu", "flan_tydiqa"]
+    assert frame.set_index("method").loc["SHiRA", "flan_tydiqa"] == 23.0
+    capsys.readouterr()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "gsm", "value": 1.0, "stderr": 1.0}))
+    assert main([*args, "--result", *results, f"s/lora/tulu/gsm/1={other}", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "s/lora/tulu/gsm/…: not a cell of table1x" in capsys.readouterr().err
+    assert main([*args[:-2], "flan_gsm", "--result", *results, "--out", str(tmp_path / "y.csv")]) == 2
+    assert "'flan_gsm' is not a column of table1x" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from spiel.methods import same_hyperparameters
 from spiel.search import argmax, points, sci, select, stage1_points
 
 PAPER_SPIEL_AG = {"lr": [3e-6, 1e-5, 3e-5, 1e-4], "rank": [8, 16, 32, 64], "weight_decay": [0, 1, 3, 10, 30]}
@@ -161,3 +162,17 @@ def test_figure4_plots_exactly_the_fixture_points(tmp_path):
                    if p["rank"] == 64 and p["lr"] == json.loads((path.parent / "stage1.json").read_text())[
                        "selected"]["lr"]}
             assert set(plotted[f"SpIEL-AG {size}: λ"]) == lam
+
+
+def test_a_training_is_reused_only_where_its_hyperparameters_are_the_same():
+    """A grid point or Table 5 cell reuses a Table 1 cell's training only with equal hyperparameters once typed and
+    defaulted (SpIEL's schedule knobs compared as the SpielConfig they make); any difference trains anew."""
+    cell = {"lr": 2.0e-4, "rank": 8, "update_interval": 2, "estimation_steps": 1, "weight_decay": 0.0}
+    assert same_hyperparameters("spiel-ag", cell, {**cell, "schedule": "linear", "replace_all_first": True})
+    assert same_hyperparameters("spiel-ag", cell, {**cell, "lr": 2e-4, "weight_decay": 0})  # 0 is 0.0
+    for change in ({"schedule": "cosine", "replace_all_first": False}, {"replace_all_first": False},
+                   {"update_interval": 4}, {"weight_decay": 1}, {"lr": 1.0e-3}, {"rank": 16}):
+        assert not same_hyperparameters("spiel-ag", cell, {**cell, **change}), change
+    assert same_hyperparameters("lora", {"lr": 2.0e-4}, {"lr": 2.0e-4, "rank": 64})  # the default rank
+    assert not same_hyperparameters("lora", {"lr": 2.0e-4, "rank": 8}, {"lr": 2.0e-4, "rank": 16})
+    assert same_hyperparameters("ia3", {"lr": 3.0e-3}, {"lr": 0.003, "weight_decay": 0})

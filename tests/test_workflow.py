@@ -34,21 +34,28 @@ def test_dry_run_of_every_config(tmp_path, configfile, extension):
                                                     "train_ablation", "evaluate_ablation", "train_search",
                                                     "evaluate_search", "select_stage1", "select", "memory",
                                                     "heldout", "table1h", "table")}
+    default = configfile is None
     sizes = 2 if paper else 1
     # Table 1-2 cells train and evaluate once per seed (micro: 2 seeds; the untrained base model once); search,
     # memory and ablation once
     seeds = 2 if configfile == ".test/config.yaml" else 1
-    # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2); evaluate: base and
-    # the 4-bit base, and 5 Tülu models on all five; flan: 5 + 3; code: alpaca 5 + 3, composed 4 (Table 1)
-    expected = {"train": 21 * seeds, "evaluate_all": 2 + 5 * seeds, "evaluate_flan": 8 * seeds,
-                "evaluate_code": 12 * seeds}
-    # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each
-    ablations = 8 if paper else 4
+    # per size — train: 5 methods × 3 datasets (Table 1) + 3 quantized × flan/alpaca (Table 2; the default's
+    # tables.columns: Flan v2 only); evaluate: base and the 4-bit base, and 5 Tülu models on all five; flan: 5 + 3;
+    # code: alpaca 5 (+ 3), composed 4 (Table 1)
+    table2_datasets = 1 if default else 2
+    expected = {"train": (15 + 3 * table2_datasets) * seeds, "evaluate_all": 2 + 5 * seeds,
+                "evaluate_flan": 8 * seeds, "evaluate_code": (9 + 3 * (table2_datasets - 1)) * seeds}
+    # Table 5: 2 schedules × 2 values of S (the paper: × 4, at 7b only), one training and one evaluation each, but
+    # the linear cell at Table 1's S is Table 1's SpIEL-AG Flan v2 cell, reused (as in the paper: 50.7 / 56.2 both)
+    ablations = (8 if paper else 4) - 1
     # Search points per size. Paper (App. D): (IA)3 4 lr; LoRA 4 lr × 4 r; SpIEL-AG and -MA 4 lr × 4 r, then λ at
     # r = 64 with the best lr: 5 values, of which the first is already a stage-1 point → 4 more each (60).
     # Default: (IA)3 2 lr; LoRA 2 lr × 1 r; SpIEL 2 lr × 1 r + 1 more λ each. Micro: LoRA 1 lr × 2 r, else same.
+    # Without search.enabled (the default) a point with a Table 1 Flan v2 cell's hyperparameters reuses its
+    # training: one per method here.
     points = 4 + 4 * 4 + 2 * (4 * 4 + 4) if paper else 2 + 2 + 2 * (2 + 1)
-    search = {"train_search": points, "evaluate_search": points, "select": 4, "select_stage1": 2}
+    search = {"train_search": points - (4 if default else 0), "evaluate_search": points, "select": 4,
+              "select_stage1": 2}
     # Table 3 per size: 6 methods × checkpointing off/on (micro: LoRA and SpIEL-AG, off only)
     memory = 2 if configfile == ".test/config.yaml" else 6 * 2
     # held-out loss (not in the paper config): the base model on the 3 splits once, 5 trained rows on theirs per seed
@@ -61,13 +68,14 @@ def test_dry_run_of_every_config(tmp_path, configfile, extension):
         want.update(train=2 * 21 - 1 - 3, evaluate_flan=2 * 8 - 1, evaluate_code=2 * 12 - 1)
     if extension:
         # at one size, Table 1x's 3 new rows × 3 datasets per seed (LoRA and SpIEL rows are Table 1's): 9
-        # trainings, 3 Tülu and 3 Flan evaluations, 3 GPT4-Alpaca and 3 composed HumanEval; the search: SHiRA and
-        # Super-Tuning as LoRA, SpIEL-fixed as SpIEL-AG (a λ stage); Table 3: SHiRA and Super-Tuning × checkpointing
-        new = {"train": 9 * seeds, "evaluate_all": 3 * seeds, "evaluate_flan": 3 * seeds, "evaluate_code": 6 * seeds,
-               "table": 1}
-        if configfile != ".test/config.yaml":  # micro: no grid and no memory search for them
+        # trainings, 3 Tülu and 3 Flan evaluations, 3 GPT4-Alpaca and 3 composed HumanEval (the default's
+        # tables.columns: Flan v2 only); the search: SHiRA and Super-Tuning as LoRA, SpIEL-fixed as SpIEL-AG (a λ
+        # stage); Table 3: SHiRA and Super-Tuning × checkpointing
+        new = {"train": 3 * seeds, "evaluate_flan": 3 * seeds, "table": 1} if default else {
+            "train": 9 * seeds, "evaluate_all": 3 * seeds, "evaluate_flan": 3 * seeds, "evaluate_code": 6 * seeds,
+            "table": 1}
+        if paper:  # the default's grid and memory.methods leave them out (rule all's hour), the micro's too
             new.update(memory=2 * 2)
-        if paper:  # the default's grid leaves them out (rule all's hour)
             grid = 3 * (4 * 4) + 4
             new.update(train_search=grid, evaluate_search=grid, select=3, select_stage1=1)
         want = {k: want.get(k, 0) + new.get(k, 0) for k in {*want, *new}}

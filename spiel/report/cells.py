@@ -45,14 +45,28 @@ class Cell:
         return f"{self.size}/{self.method}/{self.dataset}/{self.benchmark}"
 
 
-def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collection[str] = ()) -> list[Cell]:
-    """Every filled cell of ``table``: untuned and FullIFT rows have no composed column, and FullIFT has none for
-    the ``SIZE/DATASET`` pairs of ``blank_full`` (paper Table 1: no 13b FullIFT on Flan v2 or GPT4-Alpaca)."""
+def table_columns(table: str, columns: Collection[str] | None = None) -> list[tuple[str, str]]:
+    """(dataset, benchmark) of ``table``'s columns in the paper's order, only those named in ``columns`` (paper
+    CSV names, e.g. ``flan_mmlu``; None: all); a name that is not a column of ``table`` is an error."""
+    if columns is None:
+        return COLUMNS[table]
+    names = {column_name(d, b): (d, b) for d, b in COLUMNS[table]}
+    unknown = sorted(set(columns) - set(names))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a column of {table}; its columns: {', '.join(names)}")
+    return [pair for name, pair in names.items() if name in columns]
+
+
+def cells(table: str, sizes: list[str], methods: list[str], blank_full: Collection[str] = (),
+          columns: Collection[str] | None = None) -> list[Cell]:
+    """Every filled cell of ``table`` (of ``columns`` only, if given: :func:`table_columns`): untuned and FullIFT
+    rows have no composed column, and FullIFT has none for the ``SIZE/DATASET`` pairs of ``blank_full`` (paper
+    Table 1: no 13b FullIFT on Flan v2 or GPT4-Alpaca)."""
     out = []
     for size in sizes:
         for name in methods:
             kind = method(name).kind
-            for dataset, benchmark in COLUMNS[table]:
+            for dataset, benchmark in table_columns(table, columns):
                 if dataset == COMPOSED and kind in ("none", "full"):
                     continue
                 if kind == "full" and f"{size}/{dataset}" in blank_full:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..methods import method
-from .cells import BENCHMARK_LABELS, COLUMNS, DATASET_LABELS, cells, column_name
+from .cells import BENCHMARK_LABELS, DATASET_LABELS, cells, column_name, table_columns
 
 
 def size_dataset(key: str, sizes: Collection[str], option: str) -> tuple[str, str]:
@@ -30,9 +30,11 @@ def size_dataset(key: str, sizes: Collection[str], option: str) -> tuple[str, st
     return size, dataset
 
 
-def fullift_notes(table: str, blank_full: Collection[str], released: dict[str, str]) -> list[str]:
-    """Lines under ``table`` saying which of its FullIFT cells are blank and which come from released models."""
-    columns = {dataset for dataset, _ in COLUMNS[table]}
+def fullift_notes(table: str, blank_full: Collection[str], released: dict[str, str],
+                  columns: Collection[str] | None = None) -> list[str]:
+    """Lines under ``table`` (of ``columns``: ``cells.table_columns``) saying which of its FullIFT cells are blank
+    and which come from released models."""
+    columns = {dataset for dataset, _ in table_columns(table, columns)}
     notes = [f"FullIFT {size} on {DATASET_LABELS[dataset]}: evaluated from {citation}, not trained here."
              for key, citation in sorted(released.items()) for size, dataset in [key.split("/")]
              if dataset in columns]
@@ -82,17 +84,19 @@ def spread(values: list[float], seeds: list[int]) -> dict:
 
 
 def build(table: str, sizes: list[str], methods: list[str], files: dict[str, str | Path],
-          blank_full: Collection[str] = ()) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
+          blank_full: Collection[str] = (), columns: Collection[str] | None = None
+          ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict]]:
     """(table, sources, spreads) from ``files`` (``CELL/SEED`` → evaluation file, ``CELL`` as ``Cell.key``): the
-    table as in the paper's CSV, each cell the mean over its seeds; for each ``size/method/column`` its files and
-    the spread of its scores over seeds. A cell without a file, or a file of no cell, is an error naming it."""
+    table as in the paper's CSV (only ``columns``, if given: ``cells.table_columns``), each cell the mean over its
+    seeds; for each ``size/method/column`` its files and the spread of its scores over seeds. A cell without a
+    file, or a file of no cell, is an error naming it."""
     runs = seed_results(files)
-    expected = cells(table, sizes, methods, blank_full)
+    expected = cells(table, sizes, methods, blank_full, columns)
     unknown = sorted(set(runs) - {cell.key for cell in expected})
     if unknown:
         raise ValueError(f"--result {unknown[0]}/…: not a cell of {table} (SIZE/METHOD/DATASET/BENCHMARK)")
     frame = pd.DataFrame([{"size": s, "method": method(m).label} for s in sizes for m in methods])
-    for dataset, benchmark in COLUMNS[table]:
+    for dataset, benchmark in table_columns(table, columns):
         frame[column_name(dataset, benchmark)] = float("nan")
     sources, spreads = {}, {}
     for cell in expected:

@@ -1,9 +1,6 @@
 """Table 5 (App. C): SpIEL-AG on Flan v2 with the linear or cosine drop/grow schedule × update interval S,
 scored on MMLU and TyDiQA. The training and evaluation rules are reused with ablation paths and overrides."""
 
-ABLATION_ADAPTER = "results/ablation/{size}/{schedule}-S{interval}/adapter"
-ABLATION_EVAL = "results/ablation/{size}/{schedule}-S{interval}/{benchmark}.json"
-
 
 use rule train as train_ablation with:
     input:
@@ -22,9 +19,7 @@ use rule train as train_ablation with:
     params:
         work="results/work/ablation/{size}/{schedule}-S{interval}",
         settings=training_settings,
-        # the authors' cosine schedule (Eq. 11) has no full replacement at the first update; linear (Eq. 8) has
-        hp=lambda w: hyperparameters(w, "spiel-ag", schedule=w.schedule, update_interval=int(w.interval),
-                                     replace_all_first=w.schedule == "linear"),
+        hp=lambda w: hyperparameters(w, "spiel-ag", **ablation_hp(w.schedule, w.interval)),
         method="spiel-ag",
 
 
@@ -49,9 +44,7 @@ use rule evaluate_flan as evaluate_ablation with:
 
 rule table5:
     input:
-        expand(ABLATION_EVAL, size=ABLATION_SIZE, schedule=ABLATION["schedules"],
-               interval=ABLATION["update_intervals"],
-               benchmark=FLAN_BENCHMARKS),
+        list(table5_evaluations().values()),
     output:
         csv=report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
         md="results/table5.md",
@@ -59,11 +52,7 @@ rule table5:
     log:
         "logs/report/table5.log",
     params:
-        results=" ".join(f"{schedule}/{interval}/{benchmark}="
-                         + ABLATION_EVAL.format(size=ABLATION_SIZE, schedule=schedule, interval=interval,
-                                                benchmark=benchmark)
-                         for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
-                         for benchmark in FLAN_BENCHMARKS),
+        results=" ".join(f"{key}={path}" for key, path in table5_evaluations().items()),
     threads: 1
     resources:
         mem_mb=1000,

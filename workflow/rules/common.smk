@@ -9,9 +9,9 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from spiel.methods import EXTENSION, check_hyperparameters, method
+from spiel.methods import EXTENSION, check_hyperparameters, method, same_hyperparameters
 from spiel.options import build
-from spiel.report.cells import BASE, COMPOSED, Cell, cells
+from spiel.report.cells import BASE, COMPOSED, Cell, cells, table_columns
 from spiel.search import points, searched_as
 
 SIZES = list(config["models"])
@@ -47,6 +47,8 @@ TABLES = ["table1", "table2", *(["table1x"] if STATIC_SPARSE else [])]
 """The score tables of the run: Tables 1 and 2, and Table 1x with ``static_sparse``."""
 TABLE_SIZES = {"table1x": EXTENSION_SIZES}
 """A table's sizes where not every size."""
+TABLE_COLUMNS = config["tables"].get("columns", {})
+"""A table's columns where not all of the paper's (``tables.columns``)."""
 SEARCH = config["search"]
 GRID = {name: SEARCH["grid"][name] for name in in_run(SEARCH["grid"])}
 SEARCH_SIZES = SEARCH.get("sizes", SIZES)  # default: every size
@@ -62,6 +64,8 @@ MEMORY_METHODS = in_run(MEMORY["methods"])
 MEMORY_SIZES = MEMORY.get("sizes", SIZES)  # default: every size
 ABLATION = config["ablation"]
 ABLATION_SIZE = ABLATION.get("size", SIZES[0])  # default: the first size
+ABLATION_ADAPTER = "results/ablation/{size}/{schedule}-S{interval}/adapter"
+ABLATION_EVAL = "results/ablation/{size}/{schedule}-S{interval}/{benchmark}.json"
 MEMORY_RESULT = "results/memory/{size}/{method}/checkpointing-{checkpointing}.json"
 MEMORY_TIMING = "benchmarks/memory/{size}/{method}/checkpointing-{checkpointing}.tsv"
 SEARCH_CONSTRAINTS = {"method": "|".join(GRID) or "none", "point": "(lr|wd)[0-9.e+-]+(-r[0-9]+)?"}
@@ -146,6 +150,11 @@ def check_config():
     unknown = sorted(set(EXTENSION_SIZES) - set(SIZES))
     if unknown:
         raise ValueError(f"static_sparse.sizes: {unknown} not among models ({', '.join(SIZES)})")
+    for table, columns in TABLE_COLUMNS.items():
+        try:
+            table_columns(table, columns)
+        except ValueError as error:
+            raise ValueError(f"tables.columns.{table}: {error}") from None
 
     for where, settings in (("training", config["training"]),
                             ("memory.training", {**config["training"], **MEMORY["training"]})):
@@ -238,7 +247,22 @@ def table_evaluations(table):
 
 def table_cells(table):
     """Every filled cell of ``table`` in this run (``spiel.report.cells.cells``)."""
-    return cells(table, TABLE_SIZES.get(table, SIZES), config["tables"][table], FULLIFT_BLANK)
+    return cells(table, TABLE_SIZES.get(table, SIZES), config["tables"][table], FULLIFT_BLANK,
+                 TABLE_COLUMNS.get(table))
+
+
+def columns_args(table):
+    """``spiel table``'s ``--columns`` where ``tables.columns`` names ``table``'s."""
+    return f"--columns {' '.join(TABLE_COLUMNS[table])}" if table in TABLE_COLUMNS else ""
+
+
+def flan_twin(size, name, **overrides):
+    """The Table 1 cell (Flan v2, the run's seed) whose training a Flan v2 job of method ``name`` at ``size`` with
+    hyperparameter ``overrides`` would repeat (``spiel.methods.same_hyperparameters``; the training settings and
+    the seed are the same for both), as ``ADAPTER``/``EVAL`` fields, so that the job reuses it; None if none."""
+    if not same_hyperparameters(name, method_hp(size, name), method_hp(size, name, **overrides)):
+        return None
+    return {"size": size, "dataset": "flan", "method": name, "seed": config["seed"]}
 
 
 def heldout_evaluations():
@@ -311,6 +335,36 @@ def provenance_inputs():
     return {"trained": [ADAPTER.format(**run) for run in runs],
             "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory + heldout
             + ablation}
+
+
+def search_adapter(wildcards):
+    """A grid point's trained adapter: its own, or — a stage-1 point whose training repeats its method's Table 1
+    Flan v2 cell's (not with ``search.enabled``, where that cell trains with the selection) — the cell's."""
+    point = grid_point(wildcards)
+    twin = None if SEARCH["enabled"] or point.stage == 2 else flan_twin(wildcards.size, wildcards.method, **point.hp)
+    return ADAPTER.format(**twin) if twin else SEARCH_ADAPTER.format(**wildcards)
+
+
+def ablation_hp(schedule, interval):
+    """A Table 5 cell's SpIEL-AG hyperparameter overrides; the authors' cosine schedule (Eq. 11) has no full
+    replacement at the first update, linear (Eq. 8) has."""
+    return {"schedule": schedule, "update_interval": int(interval), "replace_all_first": schedule == "linear"}
+
+
+def ablation_eval(schedule, interval, benchmark):
+    """A Table 5 cell's evaluation: its own, or the Table 1 SpIEL-AG Flan v2 cell's where its training repeats
+    that cell's (same schedule and S: ``flan_twin``; both are scored with the same protocol)."""
+    twin = flan_twin(ABLATION_SIZE, "spiel-ag", **ablation_hp(schedule, interval))
+    if twin:
+        return EVAL.format(benchmark=benchmark, **twin)
+    return ABLATION_EVAL.format(size=ABLATION_SIZE, schedule=schedule, interval=interval, benchmark=benchmark)
+
+
+def table5_evaluations():
+    """``SCHEDULE/S/BENCHMARK`` → evaluation file of every Table 5 cell (``spiel table5 --result``)."""
+    return {f"{schedule}/{interval}/{benchmark}": ablation_eval(schedule, interval, benchmark)
+            for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
+            for benchmark in FLAN_BENCHMARKS}
 
 
 def memory_results():

@@ -21,6 +21,7 @@ rule table:
         methods=lambda w: " ".join(config["tables"][w.table]),
         results=lambda w: " ".join(f"{key}={path}" for key, path in table_evaluations(w.table).items()),
         fullift=lambda w: fullift_args(w.table),
+        columns=lambda w: columns_args(w.table),
     threads: 1
     resources:
         mem_mb=1000,
@@ -29,7 +30,7 @@ rule table:
         ENV
     shell:
         "python -m spiel table --table {wildcards.table} --sizes {params.sizes} --methods {params.methods} "
-        "{params.fullift} --result {params.results} --out {output.csv} > {log} 2>&1"
+        "{params.fullift} {params.columns} --result {params.results} --out {output.csv} > {log} 2>&1"
 
 
 FIGURE2_METHODS = {"spiel-ag": "SpIEL-AG", "spiel-ma": "SpIEL-MA"}

@@ -29,7 +29,7 @@ use rule train as train_search with:
 use rule evaluate_flan as evaluate_search with:
     input:
         model=MODEL,
-        adapters=SEARCH_ADAPTER,
+        adapters=search_adapter,
         data=EVAL_DATA.format(benchmark="mmlu"),
     output:
         SEARCH_EVAL,
