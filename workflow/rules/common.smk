@@ -373,6 +373,10 @@ def memory_results():
             for s, m in pairs(MEMORY_SIZES, MEMORY_METHODS) for flag in MEMORY["checkpointing"]]
 
 
+BASE_4BIT_BENCHMARKS = [b for b in BENCHMARKS
+                        if any(c.benchmark == b for c in table_cells("table2") if c.method == "original-4bit")
+                        ] or BENCHMARKS  # no 4-bit base row: never asked for
+"""What the 4-bit base model is scored on: the benchmarks of its Table 2 cells (GSM and BBH are in none)."""
 FLAN_BENCHMARKS = ["mmlu", "tydiqa"]
 """Table 1's columns per training dataset: Flan v2 → MMLU and TyDiQA; GPT4-Alpaca and the composed adapters →
 HumanEval; the base model and Tülu v2 → all five (rules ``evaluate_flan``, ``evaluate_code``, ``evaluate_all``)."""

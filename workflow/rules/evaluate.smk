@@ -1,9 +1,10 @@
 """Evaluation: one job per model and seed, scoring every benchmark its table columns need with the model loaded
 once.
 
-The model is the base model (dataset ``base``), a trained cell, or — dataset ``tulu+alpaca`` — the Tülu v2 and
-GPT4-Alpaca adapters composed at load time (§5: SpIEL deltas summed, peft adapters combined), so composition
-needs no rule of its own. Each benchmark still gets its own result JSON.
+The model is the base model (dataset ``base``; the 4-bit base only on the benchmarks of Table 2's columns), a
+trained cell, or — dataset ``tulu+alpaca`` — the Tülu v2 and GPT4-Alpaca adapters composed at load time (§5: SpIEL
+deltas summed, peft adapters combined), so composition needs no rule of its own. Each benchmark still gets its own
+result JSON.
 """
 
 rule evaluate_all:
@@ -58,3 +59,21 @@ use rule evaluate_all as evaluate_code with:
     params:
         benchmarks="humaneval",
         flags=lambda w: evaluate_flags(w, ["humaneval"]),
+
+
+ruleorder: evaluate_base_4bit > evaluate_all
+
+
+use rule evaluate_all as evaluate_base_4bit with:
+    input:
+        model=evaluated_model,
+        adapters=adapters,
+        data=expand(EVAL_DATA, benchmark=BASE_4BIT_BENCHMARKS),
+    output:
+        expand(EVAL, benchmark=BASE_4BIT_BENCHMARKS, allow_missing=True),
+    wildcard_constraints:
+        dataset=BASE,
+        method="original-4bit",
+    params:
+        benchmarks=" ".join(BASE_4BIT_BENCHMARKS),
+        flags=lambda w: evaluate_flags(w, BASE_4BIT_BENCHMARKS),
