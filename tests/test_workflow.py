@@ -378,6 +378,21 @@ def test_nested_config_overrides_keep_their_types(tmp_path):
     assert bad.returncode != 0 and "0 is less than the minimum of 1" in message and "epochs" in message
 
 
+def test_a_grid_point_reuses_a_table1_training_only_without_search_enabled(tmp_path):
+    """The default's 4 stage-1 points with Table 1's hyperparameters are scored on Table 1's Flan v2 adapters (its
+    trainings planned, not the points'); with ``search.enabled`` those cells train with the selection the points
+    feed, so every point trains on its own."""
+    folder = _workdir(tmp_path)
+    plain = _snakemake(folder, "-n", "results/table4.csv")
+    enabled = _snakemake(folder, "-n", "results/table4.csv", "--config", "search={enabled: true}")
+    assert plain.returncode == 0 and enabled.returncode == 0, plain.stderr[-2000:] + enabled.stderr[-2000:]
+    assert {k: _planned(plain).get(k) for k in ("train", "train_search", "evaluate_search")} == {
+        "train": 4, "train_search": 4, "evaluate_search": 8}
+    assert {k: _planned(enabled).get(k) for k in ("train", "train_search", "evaluate_search")} == {
+        "train": None, "train_search": 8, "evaluate_search": 8}
+    assert "input: resources/models/135m, results/adapters/135m/flan/lora/seed-42" in plain.stdout
+
+
 @pytest.mark.parametrize("change,named", [
     (lambda c: c["eval_data"].pop("gsm"), "'gsm' is a required property"),
     (lambda c: c["train_data"].pop("tulu"), "'tulu' is a required property"),

@@ -49,7 +49,7 @@ def table_columns(table: str, columns: Collection[str] | None = None) -> list[tu
     """(dataset, benchmark) of ``table``'s columns in the paper's order, only those named in ``columns`` (paper
     CSV names, e.g. ``flan_mmlu``; None: all); a name that is not a column of ``table`` is an error."""
     if columns is None:
-        return COLUMNS[table]
+        return list(COLUMNS[table])
     names = {column_name(d, b): (d, b) for d, b in COLUMNS[table]}
     unknown = sorted(set(columns) - set(names))
     if unknown:

@@ -34,11 +34,11 @@ def fullift_notes(table: str, blank_full: Collection[str], released: dict[str, s
                   columns: Collection[str] | None = None) -> list[str]:
     """Lines under ``table`` (of ``columns``: ``cells.table_columns``) saying which of its FullIFT cells are blank
     and which come from released models."""
-    columns = {dataset for dataset, _ in table_columns(table, columns)}
+    datasets = {dataset for dataset, _ in table_columns(table, columns)}
     notes = [f"FullIFT {size} on {DATASET_LABELS[dataset]}: evaluated from {citation}, not trained here."
              for key, citation in sorted(released.items()) for size, dataset in [key.split("/")]
-             if dataset in columns]
-    blank = sorted(tuple(key.split("/")) for key in blank_full if key.split("/")[1] in columns)
+             if dataset in datasets]
+    blank = sorted(tuple(key.split("/")) for key in blank_full if key.split("/")[1] in datasets)
     if blank:
         pairs = ", ".join(f"{size} {DATASET_LABELS[dataset]}" for size, dataset in blank)
         notes.append(f"FullIFT blank for {pairs}: not trained, as in the paper's Table 1 (full fine-tuning at that "

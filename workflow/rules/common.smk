@@ -259,10 +259,13 @@ def columns_args(table):
 def flan_twin(size, name, **overrides):
     """The Table 1 cell (Flan v2, the run's seed) whose training a Flan v2 job of method ``name`` at ``size`` with
     hyperparameter ``overrides`` would repeat (``spiel.methods.same_hyperparameters``; the training settings and
-    the seed are the same for both), as ``ADAPTER``/``EVAL`` fields, so that the job reuses it; None if none."""
-    if not same_hyperparameters(name, method_hp(size, name), method_hp(size, name, **overrides)):
+    the seed are the same for both), as ``ADAPTER``/``EVAL`` fields, so that the job reuses it; None if none (also
+    where the method has no hyperparameters of its own to train a cell with: a grid point brings its learning rate)."""
+    try:
+        same = same_hyperparameters(name, method_hp(size, name), method_hp(size, name, **overrides))
+    except ValueError:
         return None
-    return {"size": size, "dataset": "flan", "method": name, "seed": config["seed"]}
+    return {"size": size, "dataset": "flan", "method": name, "seed": config["seed"]} if same else None
 
 
 def heldout_evaluations():
@@ -324,12 +327,15 @@ def provenance_inputs():
                 if cell.evaluated_on in DATASETS and trained_here(cell):
                     trained.add((cell.size, cell.dataset, cell.method, seed))
     memory = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv") for path in memory_results()]
+    # a grid point or Table 5 cell that reuses a Table 1 training (``flan_twin``) has no job of its own to time
     search = [pattern.format(size=s, method=m, point=p.label) for s, m in SEARCHED for p in points(GRID[m])
-              for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)]
+              for pattern in (SEARCH_TRAIN_TIMING, SEARCH_EVAL_TIMING)
+              if pattern == SEARCH_EVAL_TIMING or not search_twin(s, m, p)]
     heldout = [path.replace("results/", "benchmarks/", 1).replace(".json", ".tsv")  # rule heldout's benchmark
                for path in (heldout_evaluations().values() if config["heldout"] else [])]
     ablation = [f"benchmarks/ablation/{ABLATION_SIZE}/{schedule}-S{interval}/{job}.tsv"  # Table 5's jobs
                 for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
+                if not flan_twin(ABLATION_SIZE, "spiel-ag", **ablation_hp(schedule, interval))
                 for job in ("train", "evaluate")]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
     return {"trained": [ADAPTER.format(**run) for run in runs],
@@ -337,11 +343,15 @@ def provenance_inputs():
             + ablation}
 
 
+def search_twin(size, name, point):
+    """The Table 1 Flan v2 cell whose training a stage-1 grid ``point`` repeats (``flan_twin``), never with
+    ``search.enabled``, where that cell trains with the selection the point feeds; None if none."""
+    return None if SEARCH["enabled"] or point.stage == 2 else flan_twin(size, name, **point.hp)
+
+
 def search_adapter(wildcards):
-    """A grid point's trained adapter: its own, or — a stage-1 point whose training repeats its method's Table 1
-    Flan v2 cell's (not with ``search.enabled``, where that cell trains with the selection) — the cell's."""
-    point = grid_point(wildcards)
-    twin = None if SEARCH["enabled"] or point.stage == 2 else flan_twin(wildcards.size, wildcards.method, **point.hp)
+    """A grid point's trained adapter: its own, or its Table 1 twin's (``search_twin``)."""
+    twin = search_twin(wildcards.size, wildcards.method, grid_point(wildcards))
     return ADAPTER.format(**twin) if twin else SEARCH_ADAPTER.format(**wildcards)
 
 
