@@ -91,9 +91,10 @@ def argmax(scored: list[tuple[Point, float]]) -> tuple[Point, float]:
     return best
 
 
-def score(path: str | Path) -> float:
-    """The metric value of an evaluation result JSON."""
-    return float(json.loads(Path(path).read_text())["value"])
+def score(path: str | Path) -> tuple[float, float | None]:
+    """The metric value of an evaluation result JSON and its standard error over items (None if it has none)."""
+    record = json.loads(Path(path).read_text())
+    return float(record["value"]), record.get("stderr")
 
 
 def read_selection(path: str | Path) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def select(grid: dict[str, Any], files: dict[str, str | Path], stage: str, stage
     ``stage="1"``: the best learning rate at ``lambda_rank`` (SpIEL's λ search uses it). ``stage="final"``: the
     setting for every other experiment — the best of all points, except that with a λ grid only points at
     ``lambda_rank`` compete (r fixed as in App. D), stage-2 points with stage 1's learning rate (``stage1``).
-    Returns ``{"selected": hp, "label", "score", "points": [every point with hp, score, file]}``.
+    Returns ``{"selected": hp, "label", "score", "points": [every point with hp, score, stderr, file]}``.
     """
     by_label = {p.label: p for p in points(grid)}
     unknown = sorted(set(files) - set(by_label))
@@ -140,8 +141,8 @@ def select(grid: dict[str, Any], files: dict[str, str | Path], stage: str, stage
             if first_lr is None:
                 raise ValueError(f"{point.label}: stage-2 point needs the stage-1 selection (--stage1)")
             hp["lr"] = first_lr
-        value = score(files[point.label])
-        rows.append({"label": point.label, "stage": point.stage, **hp, "score": value,
+        value, stderr = score(files[point.label])
+        rows.append({"label": point.label, "stage": point.stage, **hp, "score": value, "stderr": stderr,
                      "file": str(files[point.label])})
         if point in candidates:
             scored.append((Point(point.label, point.stage, hp), value))

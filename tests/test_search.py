@@ -18,7 +18,7 @@ def _results(tmp: Path, scores: dict[str, float]) -> dict[str, Path]:
     files = {}
     for label, value in scores.items():
         files[label] = tmp / f"{label}.json"
-        files[label].write_text(json.dumps({"benchmark": "mmlu", "value": value}))
+        files[label].write_text(json.dumps({"benchmark": "mmlu", "value": value, "stderr": 1.0 + value / 10}))
     return files
 
 
@@ -148,15 +148,20 @@ def test_figure4_plots_exactly_the_fixture_points(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.axison]
     assert titles == [f"{m} {s}: {axis}" for s in ("7b", "13b")
                       for m, axis in (("(IA)3", "lr"), ("LoRA", "lr × r"), ("SpIEL-AG", "lr × r"), ("SpIEL-AG", "λ"))]
-    plotted = {}
+    plotted, bars = {}, {}
     for ax in fig.axes:
         for line in ax.get_lines():
             plotted.setdefault(ax.get_title(), []).extend(zip(line.get_xdata(), line.get_ydata(), strict=True))
+        for collection in ax.collections:  # each point's error bar: (x, y − se) to (x, y + se)
+            bars.setdefault(ax.get_title(), []).extend((round(float(low[0]), 12), round(float(high[1] - low[1]) / 2, 9))
+                                                       for low, high in collection.get_segments())
     for (size, name), path in selections.items():
         record = json.loads(path.read_text())
         stage1 = {(p["lr"], p["score"]) for p in record["points"] if p["stage"] == 1}
         title = {"ia3": "(IA)3 {}: lr", "lora": "LoRA {}: lr × r", "spiel-ag": "SpIEL-AG {}: lr × r"}[name]
         assert set(plotted[title.format(size)]) == stage1
+        assert set(bars[title.format(size)]) == {(round(p["lr"], 12), round(1.0 + p["score"] / 10, 9))
+                                                 for p in record["points"] if p["stage"] == 1}
         if name == "spiel-ag":
             lam = {(p["weight_decay"], p["score"]) for p in record["points"]
                    if p["rank"] == 64 and p["lr"] == json.loads((path.parent / "stage1.json").read_text())[

@@ -132,7 +132,7 @@ def search_points(selections: dict[tuple[str, str], str | Path]) -> pd.DataFrame
     for (size, name), path in selections.items():
         record = json.loads(Path(path).read_text())
         rows += [{"size": size, "method": name, **point} for point in record["points"]]
-    columns = ["size", "method", "label", "stage", "lr", "rank", "weight_decay", "score", "file"]
+    columns = ["size", "method", "label", "stage", "lr", "rank", "weight_decay", "score", "stderr", "file"]
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
@@ -179,7 +179,8 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
         if axis == "lr":
             for rank, group in rows.groupby("rank", sort=True) if ranked else [(None, rows)]:
                 group = group.sort_values("lr")
-                ax.plot(group["lr"], group["score"], marker="o", label=None if rank is None else f"r = {int(rank)}")
+                ax.errorbar(group["lr"], group["score"], yerr=group["stderr"].astype(float), marker="o",
+                            label=None if rank is None else f"r = {int(rank)}")
             ax.set_xscale("log")
             _ticks(ax, rows["lr"])
             ax.set_xlabel("learning rate")
@@ -187,7 +188,7 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
                 ax.legend(fontsize=7)
         else:
             rows = rows.sort_values("weight_decay")
-            ax.plot(rows["weight_decay"], rows["score"], marker="o")
+            ax.errorbar(rows["weight_decay"], rows["score"], yerr=rows["stderr"].astype(float), marker="o")
             ax.set_xscale("symlog", linthresh=min(w for w in rows["weight_decay"] if w > 0))
             _ticks(ax, rows["weight_decay"])
             ax.set_xlabel(f"λ (r = {int(rows['rank'].iloc[0])}, lr = {rows['lr'].iloc[0]:g})")
@@ -197,7 +198,7 @@ def plot_search(data: pd.DataFrame) -> plt.Figure:
     for size in sizes:
         for extra in axes[sizes.index(size)][used[size]:]:
             extra.axis("off")
-    fig.suptitle("Hyperparameter search on Flan v2 (Figure 4)")
+    fig.suptitle("Hyperparameter search on Flan v2 (Figure 4): MMLU dev ± standard error over items")
     fig.tight_layout()
     return fig
 
