@@ -335,8 +335,7 @@ def provenance_inputs():
                for path in (heldout_evaluations().values() if config["heldout"] else [])]
     ablation = [f"benchmarks/ablation/{ABLATION_SIZE}/{schedule}-S{interval}/{job}.tsv"  # Table 5's jobs
                 for schedule in ABLATION["schedules"] for interval in ABLATION["update_intervals"]
-                if not flan_twin(ABLATION_SIZE, "spiel-ag", **ablation_hp(schedule, interval))
-                for job in ("train", "evaluate")]
+                if not ablation_twin(schedule, interval) for job in ("train", "evaluate")]
     runs = [dict(zip(("size", "dataset", "method", "seed"), run, strict=True)) for run in sorted(trained)]
     return {"trained": [ADAPTER.format(**run) for run in runs],
             "timings": [TRAIN_TIMING.format(**run) for run in runs] + sorted(evaluated) + search + memory + heldout
@@ -361,10 +360,15 @@ def ablation_hp(schedule, interval):
     return {"schedule": schedule, "update_interval": int(interval), "replace_all_first": schedule == "linear"}
 
 
+def ablation_twin(schedule, interval):
+    """The Table 1 SpIEL-AG Flan v2 cell whose training a Table 5 cell repeats (``flan_twin``); None if none."""
+    return flan_twin(ABLATION_SIZE, "spiel-ag", **ablation_hp(schedule, interval))
+
+
 def ablation_eval(schedule, interval, benchmark):
-    """A Table 5 cell's evaluation: its own, or the Table 1 SpIEL-AG Flan v2 cell's where its training repeats
-    that cell's (same schedule and S: ``flan_twin``; both are scored with the same protocol)."""
-    twin = flan_twin(ABLATION_SIZE, "spiel-ag", **ablation_hp(schedule, interval))
+    """A Table 5 cell's evaluation: its own, or its Table 1 twin's (``ablation_twin``; both are scored with the
+    same protocol)."""
+    twin = ablation_twin(schedule, interval)
     if twin:
         return EVAL.format(benchmark=benchmark, **twin)
     return ABLATION_EVAL.format(size=ABLATION_SIZE, schedule=schedule, interval=interval, benchmark=benchmark)
