@@ -5,7 +5,8 @@ once and runs the benchmark's evaluation (``spiel.evaluate.run``, lm-eval undern
 ``prefix_cache`` off (lm-eval's padded batches of ``batch_size``) and on, ``--reps`` times each. It prints the
 median items/s of each, their ratio, and whether the two scored every item alike. Log-likelihood benchmarks
 (MMLU) reuse each subject's exemplars and each question's context; generation benchmarks (GSM, BBH, TyDiQA) run one
-group at a time, each batch from its prompts' cached common prefix, a row leaving the batch when it stops.
+group at a time, each batch from its prompts' cached common prefix, a row leaving the batch when it stops, and with
+``--set draft_tokens=K`` each step verifying K prompt-lookup draft tokens per row.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[bool, list] = {}
     for _ in range(args.reps):
         for cached in (False, True):
-            lm.prefix_cache = cached
+            lm.prefix_cache, lm.draft_tokens = cached, proto.draft_tokens
             result = run(lm, Path(args.data), proto, truncate)
             speed[cached].append(result["items_per_second"])
             scores[cached] = [(s["doc_id"], s["score"]) for s in result["samples"]]

@@ -254,6 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     for proto, data, out in zip(protocols, args.data, args.out, strict=True):
         lm.batch_size_per_gpu, lm.prefix_cache = proto.batch_size, proto.prefix_cache
+        lm.draft_tokens = proto.draft_tokens
         result = run(lm, Path(data), proto, truncate)
         result.update(model=str(args.model), adapters=[str(a) for a in args.adapter], dtype=args.dtype,
                       load_in_4bit=args.load_in_4bit)

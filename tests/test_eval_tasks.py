@@ -236,6 +236,13 @@ def test_unknown_protocol_key_names_the_key():
         protocol("gsm", {"shot": 3}, where="config")
 
 
+@pytest.mark.parametrize(("key", "value"), [("batch_size", 0), ("draft_tokens", -1), ("max_new_tokens", 0)])
+def test_a_protocol_number_below_its_least_names_the_key(key, value):
+    with pytest.raises(ValueError, match=rf"--set\.gsm {key}={value}: expected at least"):
+        protocol("gsm", {key: value}, where="--set")
+    assert getattr(protocol("gsm", {key: value + 1}, where="--set"), key) == value + 1
+
+
 def test_data_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "test.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "x #### 1"}) + "\n{not json\n")

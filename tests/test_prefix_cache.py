@@ -4,18 +4,28 @@ batches, to float rounding, for fewer tokens run."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
 
 import pytest
 import torch
 
-from spiel.evaluate.lm import ProtocolLM, common_prefix
+import spiel.evaluate.lm as lm_module
+from spiel.evaluate.lm import ProtocolLM, common_prefix, lookup_draft
 from spiel.evaluate.stops import NoEndBeforeText
 
 
 def test_common_prefix_is_the_longest_shared_start():
     assert common_prefix([1, 2, 3, 4], [1, 2, 5]) == 2
     assert common_prefix([1, 2], [1, 2, 3]) == 2 and common_prefix([], [1]) == 0 and common_prefix([7], [8]) == 0
+
+
+def test_lookup_draft_is_what_followed_the_latest_earlier_occurrence_of_the_tail():
+    tokens = [5, 6, 7, 8, 9, 5, 6, 7, 1, 2, 5, 6, 7]
+    assert lookup_draft(tokens, 2) == [1, 2]  # the tail 5 6 7 last occurred before at index 5
+    assert lookup_draft(tokens, 9) == [1, 2, 5, 6, 7]  # up to the end of the sequence
+    assert lookup_draft([1, 2, 3, 9, 3], 4) == [9, 3]  # no earlier 3 9 3 nor 9 3: the tail 3, at index 2
+    assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 2) == []
 
 
 def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):
@@ -95,17 +105,19 @@ def _stop_met_by_some(outputs: list[str]) -> str:
     raise AssertionError(f"no stop separates {outputs}")
 
 
-@pytest.mark.parametrize("stop_after_text", [False, True])
-def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, stop_after_text, monkeypatch):
+@pytest.mark.parametrize(("stop_after_text", "draft_tokens"), [(False, 0), (True, 0), (True, 9)])
+def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, stop_after_text, draft_tokens,
+                                                              monkeypatch):
     """Greedy completions with ``prefix_cache`` (one group at a time, each batch from its prompts' cached common
     prefix, the padding between prefix and remainder; under ``stop_after_text`` each row leaves the batch when it
-    stops) are token for token lm-eval's left-padded batches; the exemplars run once per group, not per prompt."""
+    stops, and with ``draft_tokens`` a step verifies prompt-lookup drafts) are token for token lm-eval's
+    left-padded batches; the exemplars run once per group, not per prompt."""
     from spiel.adapters import load_base
 
     model, tokenizer = load_base(training_setup / "model")
     lm = ProtocolLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=3)
 
-    def run(cached: bool, stop: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    def run(cached: bool, stop: str, drafts: int = draft_tokens) -> tuple[list[str], list[tuple[int, ...]]]:
         gen_kwargs = {"until": [stop], "max_gen_toks": 12, "do_sample": False}
         if stop_after_text:
             gen_kwargs.update(until=[], stop_after_text=[stop])
@@ -116,7 +128,7 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
             seen.append(tuple(kwargs["input_ids"].shape))
             return forward(*args, **kwargs)
 
-        lm.prefix_cache, model.forward = cached, counting
+        lm.prefix_cache, lm.draft_tokens, model.forward = cached, drafts, counting
         try:
             return lm.generate_until(_generation_requests(tokenizer, gen_kwargs), disable_tqdm=True), seen
         finally:
@@ -131,7 +143,15 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
             recording.setdefault(tuple(t for t in row if t != tokenizer.pad_token_id), score.clone())
         return hold_back(self, input_ids, scores)
 
+    next_tokens = ProtocolLM._next_tokens
+
+    def record_loop(self, processor, sequences, prompt_lengths, scores):  # the same, in the greedy loop
+        for sequence, score in zip(sequences, scores, strict=True):
+            recording.setdefault(tuple(sequence), score.clone())
+        return next_tokens(self, processor, sequences, prompt_lengths, scores)
+
     monkeypatch.setattr(NoEndBeforeText, "__call__", record)
+    monkeypatch.setattr(ProtocolLM, "_next_tokens", record_loop)
     unstopped = run(False, "\x07")[0]
     # a stop that some rows of the pooled batch (the two small groups: one batch of 3) meet midway and others not
     groups = [r.doc["group"] for r in _generation_requests(tokenizer, {})]
@@ -139,16 +159,48 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
     logits[False].clear()
     plain, plain_calls = run(False, stop)
     recording = logits[True]
+    if draft_tokens:
+        # drafts from an oracle that knows greedy decoding's next tokens (a token-a-step run's), the last token of
+        # every other draft wrong: drafts kept whole, and drafts rejected partway
+        following: dict[tuple[int, ...], int] = {}
+
+        def remember(self, processor, sequences, prompt_lengths, scores):
+            picks = next_tokens(self, processor, sequences, prompt_lengths, scores)
+            following.update({tuple(s): t for s, t in zip(sequences, picks, strict=True)})
+            return picks
+
+        monkeypatch.setattr(ProtocolLM, "_next_tokens", remember)
+        one_a_step, one_a_step_calls = run(True, stop, drafts=0)
+        monkeypatch.setattr(ProtocolLM, "_next_tokens", record_loop)
+        drafted = itertools.count()
+
+        def oracle(tokens: list[int], count: int) -> list[int]:
+            draft, key = [], tuple(tokens)
+            while len(draft) < count and key in following:
+                draft.append(following[key])
+                key += (draft[-1],)
+            if draft and next(drafted) % 2:
+                draft[-1] = (draft[-1] + 1) % model.config.vocab_size
+            return draft
+
+        monkeypatch.setattr(lm_module, "lookup_draft", oracle)
     cached, cached_calls = run(True, stop)
     assert cached == plain and any(o.strip() for o in cached) and plain != unstopped
-    tokens = {name: sum(b * n for b, n in calls) for name, calls in (("plain", plain_calls), ("cached", cached_calls))}
-    assert tokens["cached"] < 0.6 * tokens["plain"]
-    if stop_after_text:  # a finished row leaves its batch: a decoding step runs fewer rows than the step before it
+    if draft_tokens:  # the same completions in fewer forward passes than a token a step
+        assert one_a_step == cached and len(cached_calls) < 0.6 * len(one_a_step_calls)
+    else:
+        tokens = {name: sum(b * n for b, n in calls) for name, calls in (("plain", plain_calls),
+                                                                          ("cached", cached_calls))}
+        assert tokens["cached"] < 0.6 * tokens["plain"]
+    if stop_after_text and not draft_tokens:  # a finished row leaves its batch: a step runs fewer rows than before
         assert any(b < a for (a, n), (b, m) in itertools.pairwise(cached_calls) if n == m == 1)
+    if stop_after_text:
         # and every step's logits are generate's, to float rounding (positions, mask and cache agree)
-        assert logits[True].keys() <= logits[False].keys() and len(logits[True]) > 20
-        for key, value in logits[True].items():
-            torch.testing.assert_close(value, logits[False][key], rtol=0, atol=1e-4)
+        # (a step with drafts also scores the drafted tokens after a row's stop, which generate never runs)
+        shared = logits[True].keys() & logits[False].keys()
+        assert len(shared) > 20 and (draft_tokens or logits[True].keys() <= shared)
+        for key in shared:
+            torch.testing.assert_close(logits[True][key], logits[False][key], rtol=0, atol=1e-4)
         # a generation setting the greedy loop does not apply (a repetition penalty) sends the batch to generate
         model.generation_config.repetition_penalty = 3.0
         try:
@@ -156,3 +208,31 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
             assert run(True, stop)[0] == penalized != plain
         finally:
             model.generation_config.repetition_penalty = 1.0
+
+
+def test_grouped_query_attention_attends_in_place_with_the_same_outputs(training_setup, monkeypatch):
+    """A padded batch of several queries per row (a prompt's remainder, a step with drafts) under
+    ``grouped_query_attention``: transformers' SDPA copies no key/value head (``repeat_kv`` unused), and the logits
+    are those without it (fp32, 1e-5)."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from spiel.adapters import load_base
+    from spiel.evaluate.lm import FORCE_GQA, grouped_query_attention
+
+    monkeypatch.delenv(FORCE_GQA, raising=False)
+    model, _ = load_base(training_setup / "model")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = torch.randint(3, model.config.vocab_size, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = mask[2, 2:5] = 0  # left padding, and a hole as rejected drafts leave
+    copies = []
+    repeat_kv = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda *a: copies.append(1) or repeat_kv(*a))
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        assert copies
+        copies.clear()
+        with grouped_query_attention():
+            grouped = model(input_ids=ids, attention_mask=mask).logits
+        assert not copies and FORCE_GQA not in os.environ  # restored
+    torch.testing.assert_close(grouped[mask.bool()], plain[mask.bool()], rtol=0, atol=1e-5)

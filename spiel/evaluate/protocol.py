@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import checked, field_types
+from ..options import OptionError, checked, field_types
 
 BENCHMARKS = ("mmlu", "gsm", "bbh", "tydiqa", "humaneval")
 
@@ -55,6 +55,11 @@ class Protocol:
     padded batches of ``batch_size``; generations one group at a time, each batch from its prompts' cached common
     prefix, and under greedy ``stop_after_text`` a row leaves its batch when it stops. The same scores and greedy
     completions to float rounding (fp32: identical, tested), for fewer tokens run."""
+    draft_tokens: int = 0
+    """With ``prefix_cache``, greedy ``stop_after_text`` decoding also runs, at each step, up to this many tokens
+    drafted by prompt lookup, shared by the batch's running rows (⌊draft_tokens / rows⌋ each: the tokens that
+    followed the latest earlier occurrence of the row's last few), and keeps those that greedy decoding chooses:
+    the same completions in fewer steps. 0 = off."""
     groups: tuple[str, ...] = field(default=())
     """Restrict to these subjects / tasks / languages (empty = all that the data holds)."""
 
@@ -84,9 +89,18 @@ PAPER: dict[str, Protocol] = {
 }
 
 
+MINIMUM = {"shots": 0, "max_items": 1, "max_new_tokens": 1, "n_samples": 1, "temperature": 0, "max_context_tokens": 1,
+           "memory_mb": 64, "batch_size": 1, "draft_tokens": 0}
+"""The least value of a protocol's numbers (as the config schema's); a smaller one is an error naming the key."""
+
+
 def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str = "evaluation") -> Protocol:
     """The paper's protocol for ``benchmark`` with ``overrides`` applied (config key path in errors)."""
     if benchmark not in PAPER:
         raise ValueError(f"{where}: unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
     types = {k: v for k, v in field_types(Protocol).items() if k != "benchmark"}
-    return dataclasses.replace(PAPER[benchmark], **checked(dict(overrides or {}), types, f"{where}.{benchmark}"))
+    values = checked(dict(overrides or {}), types, f"{where}.{benchmark}")
+    for key, value in values.items():
+        if key in MINIMUM and value is not None and value < MINIMUM[key]:
+            raise OptionError(f"{where}.{benchmark} {key}={value!r}: expected at least {MINIMUM[key]}")
+    return dataclasses.replace(PAPER[benchmark], **values)

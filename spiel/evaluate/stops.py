@@ -30,9 +30,12 @@ class StopAfterText(StoppingCriteria):
     def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int):
         self.tokenizer, self.stops, self.prompt_length = tokenizer, list(stops), prompt_length
 
+    def stopped(self, completions: Sequence[Sequence[int]]) -> list[bool]:
+        """Whether each completion (its tokens) holds a stop sequence past its leading whitespace."""
+        return [truncate(t, self.stops, True) != t for t in self.tokenizer.batch_decode(completions)]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:])
-        return torch.tensor([truncate(t, self.stops, True) != t for t in texts], device=input_ids.device)
+        return torch.tensor(self.stopped(input_ids[:, self.prompt_length:].tolist()), device=input_ids.device)
 
 
 class NoEndBeforeText(LogitsProcessor):
@@ -42,9 +45,12 @@ class NoEndBeforeText(LogitsProcessor):
     def __init__(self, tokenizer, end_ids: Sequence[int], prompt_length: int):
         self.tokenizer, self.end_ids, self.prompt_length = tokenizer, list(end_ids), prompt_length
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        blank = [not text.strip() for text in self.tokenizer.batch_decode(input_ids[:, self.prompt_length:],
-                                                                         skip_special_tokens=True)]
+    def hold_back(self, completions: Sequence[Sequence[int]], scores: torch.FloatTensor) -> torch.FloatTensor:
+        """``scores`` (one row per completion, its tokens so far) with the end tokens at -inf where it is blank."""
+        blank = [not text.strip() for text in self.tokenizer.batch_decode(completions, skip_special_tokens=True)]
         if any(blank):
             scores[torch.tensor(blank, device=scores.device).nonzero()[:, :1], torch.tensor(self.end_ids)] = -torch.inf
         return scores
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.hold_back(input_ids[:, self.prompt_length:].tolist(), scores)
