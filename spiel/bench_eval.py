@@ -6,7 +6,7 @@ once and runs the benchmark's evaluation (``spiel.evaluate.run``, lm-eval undern
 median items/s of each, their ratio, and whether the two scored every item alike. Log-likelihood benchmarks
 (MMLU) reuse each subject's exemplars and each question's context; generation benchmarks (GSM, BBH, TyDiQA) run one
 group at a time, each batch from its prompts' cached common prefix, a row leaving the batch when it stops, and with
-``--set draft_tokens=K`` each step verifying K prompt-lookup draft tokens per row.
+``--set draft_tokens=K`` each step checking up to K prompt-lookup draft tokens shared by the running rows.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     proto = protocol(args.benchmark, _key_values(args.set), "--set")
     model, tokenizer = load_base(args.model, torch.float32)
     lm = ProtocolLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=proto.batch_size)
+    lm.draft_tokens = proto.draft_tokens  # used only with prefix_cache
 
     def truncate(text: str, n: int) -> str:
         return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n])
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[bool, list] = {}
     for _ in range(args.reps):
         for cached in (False, True):
-            lm.prefix_cache, lm.draft_tokens = cached, proto.draft_tokens
+            lm.prefix_cache = cached
             result = run(lm, Path(args.data), proto, truncate)
             speed[cached].append(result["items_per_second"])
             scores[cached] = [(s["doc_id"], s["score"]) for s in result["samples"]]

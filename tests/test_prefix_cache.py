@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+import transformers.integrations.sdpa_attention as sdpa
 
 import spiel.evaluate.lm as lm_module
 from spiel.evaluate.lm import ProtocolLM, common_prefix, lookup_draft
@@ -25,6 +26,7 @@ def test_lookup_draft_is_what_followed_the_latest_earlier_occurrence_of_the_tail
     assert lookup_draft(tokens, 2) == [1, 2]  # the tail 5 6 7 last occurred before at index 5
     assert lookup_draft(tokens, 9) == [1, 2, 5, 6, 7]  # up to the end of the sequence
     assert lookup_draft([1, 2, 3, 9, 3], 4) == [9, 3]  # no earlier 3 9 3 nor 9 3: the tail 3, at index 2
+    assert lookup_draft([1, 2, 3, 4, 9, 3, 5, 2, 3], 2) == [4, 9]  # the 2-gram 2 3 before the later 1-gram 3
     assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 2) == []
 
 
@@ -160,8 +162,8 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
     plain, plain_calls = run(False, stop)
     recording = logits[True]
     if draft_tokens:
-        # drafts from an oracle that knows greedy decoding's next tokens (a token-a-step run's), the last token of
-        # every other draft wrong: drafts kept whole, and drafts rejected partway
+        # drafts from an oracle that knows greedy decoding's next tokens (a token-a-step run's), in turn right or
+        # wrong from their first, second, … token on: drafts kept whole, rejected partway, rejected at once
         following: dict[tuple[int, ...], int] = {}
 
         def remember(self, processor, sequences, prompt_lengths, scores):
@@ -179,15 +181,19 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
             while len(draft) < count and key in following:
                 draft.append(following[key])
                 key += (draft[-1],)
-            if draft and next(drafted) % 2:
-                draft[-1] = (draft[-1] + 1) % model.config.vocab_size
+            wrong = next(drafted) % (len(draft) + 1)
+            if wrong < len(draft):
+                draft[wrong:] = [(t + 1) % model.config.vocab_size for t in draft[wrong:]]
             return draft
 
         monkeypatch.setattr(lm_module, "lookup_draft", oracle)
+        copies = []  # and no step copies key/value heads (grouped_query_attention is on in the loop)
+        repeat_kv = sdpa.repeat_kv
+        monkeypatch.setattr(sdpa, "repeat_kv", lambda *a: copies.append(1) or repeat_kv(*a))
     cached, cached_calls = run(True, stop)
     assert cached == plain and any(o.strip() for o in cached) and plain != unstopped
     if draft_tokens:  # the same completions in fewer forward passes than a token a step
-        assert one_a_step == cached and len(cached_calls) < 0.6 * len(one_a_step_calls)
+        assert one_a_step == cached and len(cached_calls) < 0.6 * len(one_a_step_calls) and not copies
     else:
         tokens = {name: sum(b * n for b, n in calls) for name, calls in (("plain", plain_calls),
                                                                           ("cached", cached_calls))}
@@ -214,8 +220,6 @@ def test_grouped_query_attention_attends_in_place_with_the_same_outputs(training
     """A padded batch of several queries per row (a prompt's remainder, a step with drafts) under
     ``grouped_query_attention``: transformers' SDPA copies no key/value head (``repeat_kv`` unused), and the logits
     are those without it (fp32, 1e-5)."""
-    import transformers.integrations.sdpa_attention as sdpa
-
     from spiel.adapters import load_base
     from spiel.evaluate.lm import FORCE_GQA, grouped_query_attention
 

@@ -64,12 +64,16 @@ def lookup_draft(tokens: list[int], count: int, longest: int = 3) -> list[int]:
     return []
 
 
+FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
 @contextlib.contextmanager
 def grouped_query_attention(on: bool = True) -> Iterator[None]:
     """Within it (if ``on``), transformers' SDPA attention serves each key/value head's query heads in place
     (``enable_gqa``) where it would copy that head once per query head (``repeat_kv``: every step with a mask and
     more than one query, as a prompt's padded remainder or a step with drafts). The same outputs (tested); on this
-    CPU 1.8 instead of 6.6 ms a layer for 8 rows × 4 queries over 1,000 cached tokens. transformers'
+    CPU 1.8 instead of 6.6 ms a layer for 8 rows × 4 queries over 1,000 cached tokens. Used on CPU only: with a
+    mask, CUDA's SDPA would fall back to its math kernel (unmeasured here). transformers'
     ``TRANSFORMERS_SDPA_FORCE_GQA`` switch, read at each call; a version without it is unaffected."""
     before = os.environ.get(FORCE_GQA)
     if on:
@@ -82,8 +86,6 @@ def grouped_query_attention(on: bool = True) -> Iterator[None]:
         else:
             os.environ[FORCE_GQA] = before
 
-
-FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 MIN_SHARED_TOKENS = 16
@@ -245,7 +247,7 @@ class ProtocolLM(HFLM):
         step, step_positions, last = ids[:, done:], positions[:, done:], positions[:, -1]
         while new_tokens > 0:
             width = len(drafts[0]) + 1  # the positions scored: after the last token and after each drafted one
-            with grouped_query_attention(step.shape[1] > 1):
+            with grouped_query_attention(step.shape[1] > 1 and step.device.type == "cpu"):
                 logits = self.model(input_ids=step, attention_mask=mask, position_ids=step_positions,
                                     past_key_values=cache, use_cache=True, logits_to_keep=width).logits.float()
             chosen: list[list[int]] = [[] for _ in rows]
@@ -275,8 +277,8 @@ class ProtocolLM(HFLM):
                 cache.crop(most - width)
                 mask = mask[:, :mask.shape[1] - width + most]
             last = last + torch.tensor([counts[i] for i in kept], device=last.device)
-            count = min(self.draft_tokens // len(rows), max(new_tokens - len(c) for c in completions) - 1)
-            drafts = [(lookup_draft(p + c, count) + [pad] * count)[:count]
+            count = min(self._draft_budget() // len(rows), max(new_tokens - len(c) for c in completions) - 1)
+            drafts = [(lookup_draft(p + c, count) + [pad] * count)[:count] if count else []
                       for p, c in zip(prompts, completions, strict=True)]
             step = torch.tensor([[c[-1], *d] for c, d in zip(completions, drafts, strict=True)],
                                 dtype=ids.dtype, device=ids.device)
@@ -291,11 +293,16 @@ class ProtocolLM(HFLM):
         completions = [s[n:] for s, n in zip(sequences, prompt_lengths, strict=True)]
         return processor.hold_back(completions, logits).argmax(-1).tolist()
 
+    def _draft_budget(self) -> int:
+        """``draft_tokens``, or 0 for a model whose attention window is counted in cache slots (a sliding window:
+        the rejected drafts' slots would shift it)."""
+        return 0 if getattr(self.model.config, "sliding_window", None) else self.draft_tokens
+
     @staticmethod
     def _until_stop(criterion: StopAfterText, ends: set[int], completions: list[list[int]],
                     chosen: list[list[int]], new_tokens: int) -> tuple[list[int], list[int]]:
-        """How many of each row's ``chosen`` tokens it keeps (up to and with the token at which ``generate`` would
-        stop it: a stop sequence, an end token, ``new_tokens`` in all), and which rows run on."""
+        """Which rows run on, and how many of each row's ``chosen`` tokens it keeps (up to and with the token at
+        which ``generate`` would stop it: a stop sequence, an end token, ``new_tokens`` in all)."""
         candidates = [(i, n) for i, tokens in enumerate(chosen)
                       for n in range(1, min(len(tokens), new_tokens - len(completions[i])) + 1)]
         stopped = dict(zip(candidates, criterion.stopped([completions[i] + chosen[i][:n] for i, n in candidates]),

@@ -91,7 +91,8 @@ PAPER: dict[str, Protocol] = {
 
 MINIMUM = {"shots": 0, "max_items": 1, "max_new_tokens": 1, "n_samples": 1, "temperature": 0, "max_context_tokens": 1,
            "memory_mb": 64, "batch_size": 1, "draft_tokens": 0}
-"""The least value of a protocol's numbers (as the config schema's); a smaller one is an error naming the key."""
+"""The least value of a protocol's counts, sizes and temperature (as in the config schema); a smaller one is an
+error naming the key."""
 
 
 def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str = "evaluation") -> Protocol:
