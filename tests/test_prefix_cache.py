@@ -147,10 +147,10 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
 
     next_tokens = ProtocolLM._next_tokens
 
-    def record_loop(self, processor, sequences, prompt_lengths, scores):  # the same, in the greedy loop
-        for sequence, score in zip(sequences, scores, strict=True):
-            recording.setdefault(tuple(sequence), score.clone())
-        return next_tokens(self, processor, sequences, prompt_lengths, scores)
+    def record_loop(self, processor, prompts, completions, scores):  # the same, in the greedy loop
+        for prompt, completion, score in zip(prompts, completions, scores, strict=True):
+            recording.setdefault((*prompt, *completion), score.clone())
+        return next_tokens(self, processor, prompts, completions, scores)
 
     monkeypatch.setattr(NoEndBeforeText, "__call__", record)
     monkeypatch.setattr(ProtocolLM, "_next_tokens", record_loop)
@@ -166,9 +166,9 @@ def test_generation_from_a_cached_prefix_equals_plain_batches(training_setup, st
         # wrong from their first, second, … token on: drafts kept whole, rejected partway, rejected at once
         following: dict[tuple[int, ...], int] = {}
 
-        def remember(self, processor, sequences, prompt_lengths, scores):
-            picks = next_tokens(self, processor, sequences, prompt_lengths, scores)
-            following.update({tuple(s): t for s, t in zip(sequences, picks, strict=True)})
+        def remember(self, processor, prompts, completions, scores):
+            picks = next_tokens(self, processor, prompts, completions, scores)
+            following.update({(*p, *c): t for p, c, t in zip(prompts, completions, picks, strict=True)})
             return picks
 
         monkeypatch.setattr(ProtocolLM, "_next_tokens", remember)

@@ -87,7 +87,6 @@ def grouped_query_attention(on: bool = True) -> Iterator[None]:
             os.environ[FORCE_GQA] = before
 
 
-
 MIN_SHARED_TOKENS = 16
 """A generation batch runs on a cached prefix only when its prompts share at least this many tokens (below it the
 copies of the cache cost more than the prefix's forward; the batch then runs whole, from an empty cache)."""
@@ -255,8 +254,8 @@ class ProtocolLM(HFLM):
             for j in range(width):
                 if not alive:
                     break
-                picks = self._next_tokens(processor, [prompts[i] + completions[i] + drafts[i][:j] for i in alive],
-                                          [len(prompts[i]) for i in alive], logits[alive, j])
+                picks = self._next_tokens(processor, [prompts[i] for i in alive],
+                                          [completions[i] + drafts[i][:j] for i in alive], logits[alive, j])
                 for i, token in zip(alive, picks, strict=True):
                     chosen[i].append(token)
                 alive = [i for i in alive if j < width - 1 and drafts[i][j] == chosen[i][j]]
@@ -286,11 +285,10 @@ class ProtocolLM(HFLM):
             mask = torch.cat([mask, mask.new_ones(step.shape)], dim=1)
         return out
 
-    def _next_tokens(self, processor: NoEndBeforeText, sequences: list[list[int]], prompt_lengths: list[int],
+    def _next_tokens(self, processor: NoEndBeforeText, prompts: list[list[int]], completions: list[list[int]],
                      logits: torch.Tensor) -> list[int]:
-        """The greedy choice after each sequence (prompt + completion so far) from its next-token ``logits``: the
-        argmax, end-of-sequence held back while the completion is blank."""
-        completions = [s[n:] for s, n in zip(sequences, prompt_lengths, strict=True)]
+        """The greedy choice after each prompt + completion so far from its next-token ``logits``: the argmax,
+        end-of-sequence held back while the completion is blank (the prompts name the rows; tests key on them)."""
         return processor.hold_back(completions, logits).argmax(-1).tolist()
 
     def _draft_budget(self) -> int:
@@ -303,13 +301,12 @@ class ProtocolLM(HFLM):
                     chosen: list[list[int]], new_tokens: int) -> tuple[list[int], list[int]]:
         """Which rows run on, and how many of each row's ``chosen`` tokens it keeps (up to and with the token at
         which ``generate`` would stop it: a stop sequence, an end token, ``new_tokens`` in all)."""
-        candidates = [(i, n) for i, tokens in enumerate(chosen)
-                      for n in range(1, min(len(tokens), new_tokens - len(completions[i])) + 1)]
+        limits = [min(len(tokens), new_tokens - len(done)) for tokens, done in zip(chosen, completions, strict=True)]
+        candidates = [(i, n) for i, limit in enumerate(limits) for n in range(1, limit + 1)]
         stopped = dict(zip(candidates, criterion.stopped([completions[i] + chosen[i][:n] for i, n in candidates]),
                            strict=True))
         kept, counts = [], []
-        for i, tokens in enumerate(chosen):
-            limit = min(len(tokens), new_tokens - len(completions[i]))
+        for i, (tokens, limit) in enumerate(zip(chosen, limits, strict=True)):
             count = next((n for n in range(1, limit + 1) if stopped[i, n] or tokens[n - 1] in ends), None)
             counts.append(count or limit)
             if count is None and len(completions[i]) + limit < new_tokens:
