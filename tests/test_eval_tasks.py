@@ -236,11 +236,15 @@ def test_unknown_protocol_key_names_the_key():
         protocol("gsm", {"shot": 3}, where="config")
 
 
-@pytest.mark.parametrize(("key", "value"), [("batch_size", 0), ("draft_tokens", -1), ("max_new_tokens", 0)])
-def test_a_protocol_number_below_its_least_names_the_key(key, value):
-    with pytest.raises(ValueError, match=rf"--set\.gsm {key}={value}: expected at least"):
-        protocol("gsm", {key: value}, where="--set")
-    assert getattr(protocol("gsm", {key: value + 1}, where="--set"), key) == value + 1
+@pytest.mark.parametrize(("key", "value", "bound", "inside"),
+                         [("batch_size", 0, "at least 1", 1), ("draft_tokens", -1, "at least 0", 0),
+                          ("max_new_tokens", 0, "at least 1", 1), ("top_p", 0.0, "more than 0", 0.5),
+                          ("top_p", 1.5, "at most 1", 1.0), ("timeout_s", 0.0, "more than 0", 0.5)])
+def test_a_protocol_number_out_of_its_range_names_the_key(key, value, bound, inside):
+    """The config schema's bounds hold for ``--set`` overrides too (which the schema does not see)."""
+    with pytest.raises(ValueError, match=rf"--set\.humaneval {key}={value}: expected {bound}$"):
+        protocol("humaneval", {key: value}, where="--set")
+    assert getattr(protocol("humaneval", {key: inside}, where="--set"), key) == inside
 
 
 def test_data_errors_name_the_file_and_line(tmp_path):

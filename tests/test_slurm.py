@@ -16,15 +16,17 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from workflow_copy import ROOT, SNAKEMAKE, snakemake, workdir
+from workflow_copy import ROOT, SNAKEMAKE, local_env, snakemake, workdir
 
 pytestmark = pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which("sbatch") and os.geteuid() == 0),
                                 reason="needs root and Debian's slurmctld/slurmd/slurm-client/munge (.ci/run)")
 
 CLUSTER = ROOT / "tests/slurm/cluster.sh"
-# no accounting database on the test cluster: poll with squeue; short first poll for a small DAG
+# no accounting database on the test cluster: poll with squeue; short first poll for a small DAG; more jobs
+# submitted than the node's 2 CPUs run, so that SLURM starts the next one as one ends (Snakemake's polls, 10 s
+# apart and more, would otherwise leave a CPU idle until it notices)
 SLURM = ["--profile", "profiles/slurm", "--slurm-status-command", "squeue",
-         "--slurm-init-seconds-before-status-checks", "2", "--jobs", "2"]
+         "--slurm-init-seconds-before-status-checks", "2", "--jobs", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,9 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     folder = workdir(tmp_path)
     config = yaml.safe_load((folder / ".test/config.yaml").read_text())
     config["search"]["enabled"] = False
-    config["training"].update(epochs=1000, checkpoint_every=1)  # ~20 s of steps: time to cancel midway
+    # 600 steps, ~35 s at the ~17 steps/s measured through sbatch with a checkpoint each step: time to cancel
+    # midway (the cancel follows the first checkpoint within a second)
+    config["training"].update(epochs=300, checkpoint_every=1)
     (folder / "long.yaml").write_text(yaml.safe_dump(config))
     target = "results/adapters/tiny/tulu/lora/seed-7"
     command = [*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"]
@@ -120,11 +124,20 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     assert steps == list(range(1, total + 1))  # every step once: none lost, none repeated
 
 
-def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, tmp_path):
+def _prepared(micro, folder):
+    """``folder`` with the micro run's prepared model and data (their times kept: Snakemake does not prepare them
+    again), so that a test starts at training; the test above runs the prepare rules through sbatch."""
+    for part in ("resources", "results/data"):
+        shutil.copytree(micro / part, folder / part, symlinks=True)
+    return folder
+
+
+def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, micro,
+                                                                                             tmp_path):
     """Issue 16.7: attempts with a 1-minute limit are stopped by SLURM (SIGTERM at the limit); training writes the
     checkpoint of its last completed step and exits 75; each retry (the same runtime) resumes, and the last ends with
     the adapter that an uninterrupted local run gives."""
-    folder = workdir(tmp_path)
+    folder = _prepared(micro, workdir(tmp_path))
     config = yaml.safe_load((folder / ".test/config.yaml").read_text())
     config["search"]["enabled"] = False
     # 4,000 steps, ~2 min at the ~33 steps/s measured here at max_length 256 (12,000 needed more than the profile's
@@ -135,12 +148,12 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     target = "results/adapters/tiny/flan/spiel-ag/seed-7"
     # the uninterrupted reference runs locally meanwhile, one job at a time and pinned to the last core
     (tmp_path / "local").mkdir()
-    uninterrupted = workdir(tmp_path / "local")
+    uninterrupted = _prepared(micro, workdir(tmp_path / "local"))
     (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
     last_core = {max(os.sched_getaffinity(0))}
     with open(tmp_path / "local.log", "w") as local_log:
         local = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "long.yaml"], cwd=uninterrupted,
-                                 stdout=local_log, stderr=subprocess.STDOUT,
+                                 stdout=local_log, stderr=subprocess.STDOUT, env=local_env(),
                                  preexec_fn=lambda: os.sched_setaffinity(0, last_core))
         try:
             done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,

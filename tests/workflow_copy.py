@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +31,26 @@ def _sandbox_opt_in(args: tuple[str, ...]) -> list[str]:
     return ["--config", "protocol={humaneval: {confirm_run_unsafe_code: true}}"]
 
 
+@functools.cache
+def _no_scontrol() -> str:
+    """A folder whose ``scontrol`` fails at once. Snakemake's SLURM plugin runs ``scontrol show config`` at every
+    start; where SLURM is installed and no controller runs (CI, outside tests/test_slurm.py's cluster), scontrol
+    retries for 9 s before it fails, which local runs need not wait for."""
+    folder = Path(tempfile.mkdtemp(prefix="no-scontrol-"))
+    (folder / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (folder / "scontrol").chmod(0o755)
+    return str(folder)
+
+
+def local_env() -> dict[str, str]:
+    """The environment for a Snakemake run on local cores (``_no_scontrol`` first on the PATH)."""
+    return {**os.environ, "PATH": _no_scontrol() + os.pathsep + os.environ.get("PATH", "")}
+
+
 def snakemake(folder: Path, *args: str, cores: bool = True, timeout: float | None = None
               ) -> subprocess.CompletedProcess:
     """Run Snakemake in ``folder`` (on 2 local cores unless ``cores`` is False, e.g. under a cluster profile)."""
     command = [*SNAKEMAKE, *(["--cores", "2"] if cores else []), *args, *_sandbox_opt_in(args)]
-    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout)
+    slurm = "profiles/slurm" in args
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout,
+                          env=None if slurm else local_env())

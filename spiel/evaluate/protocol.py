@@ -93,6 +93,10 @@ MINIMUM = {"shots": 0, "max_items": 1, "max_new_tokens": 1, "n_samples": 1, "tem
            "memory_mb": 64, "batch_size": 1, "draft_tokens": 0}
 """The least value of a protocol's counts, sizes and temperature (as in the config schema); a smaller one is an
 error naming the key."""
+ABOVE = {"top_p": 0, "timeout_s": 0}
+"""Bounds a protocol number must exceed (the schema's exclusive minimums)."""
+MAXIMUM = {"top_p": 1}
+"""The greatest value of a protocol number (the schema's maximums)."""
 
 
 def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str = "evaluation") -> Protocol:
@@ -102,6 +106,11 @@ def protocol(benchmark: str, overrides: dict[str, Any] | None = None, where: str
     types = {k: v for k, v in field_types(Protocol).items() if k != "benchmark"}
     values = checked(dict(overrides or {}), types, f"{where}.{benchmark}")
     for key, value in values.items():
-        if key in MINIMUM and value is not None and value < MINIMUM[key]:
-            raise OptionError(f"{where}.{benchmark} {key}={value!r}: expected at least {MINIMUM[key]}")
+        if value is None:
+            continue
+        bound = (f"at least {MINIMUM[key]}" if key in MINIMUM and value < MINIMUM[key] else
+                 f"more than {ABOVE[key]}" if key in ABOVE and value <= ABOVE[key] else
+                 f"at most {MAXIMUM[key]}" if key in MAXIMUM and value > MAXIMUM[key] else None)
+        if bound:
+            raise OptionError(f"{where}.{benchmark} {key}={value!r}: expected {bound}")
     return dataclasses.replace(PAPER[benchmark], **values)
