@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from workflow_copy import ROOT, SNAKEMAKE, local_env, snakemake, workdir
+from workflow_copy import ROOT, SNAKEMAKE, snakemake, workdir
 
 pytestmark = pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which("sbatch") and os.geteuid() == 0),
                                 reason="needs root and Debian's slurmctld/slurmd/slurm-client/munge (.ci/run)")
@@ -124,20 +124,11 @@ def test_a_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(clu
     assert steps == list(range(1, total + 1))  # every step once: none lost, none repeated
 
 
-def _prepared(micro, folder):
-    """``folder`` with the micro run's prepared model and data (their times kept: Snakemake does not prepare them
-    again), so that a test starts at training; the test above runs the prepare rules through sbatch."""
-    for part in ("resources", "results/data"):
-        shutil.copytree(micro / part, folder / part, symlinks=True)
-    return folder
-
-
-def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, micro,
-                                                                                             tmp_path):
+def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the_same_adapter(cluster, tmp_path):
     """Issue 16.7: attempts with a 1-minute limit are stopped by SLURM (SIGTERM at the limit); training writes the
     checkpoint of its last completed step and exits 75; each retry (the same runtime) resumes, and the last ends with
     the adapter that an uninterrupted local run gives."""
-    folder = _prepared(micro, workdir(tmp_path))
+    folder = workdir(tmp_path)
     config = yaml.safe_load((folder / ".test/config.yaml").read_text())
     config["search"]["enabled"] = False
     # 4,000 steps, ~2 min at the ~33 steps/s measured here at max_length 256 (12,000 needed more than the profile's
@@ -148,12 +139,12 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     target = "results/adapters/tiny/flan/spiel-ag/seed-7"
     # the uninterrupted reference runs locally meanwhile, one job at a time and pinned to the last core
     (tmp_path / "local").mkdir()
-    uninterrupted = _prepared(micro, workdir(tmp_path / "local"))
+    uninterrupted = workdir(tmp_path / "local")
     (uninterrupted / "long.yaml").write_text(yaml.safe_dump(config))
     last_core = {max(os.sched_getaffinity(0))}
     with open(tmp_path / "local.log", "w") as local_log:
         local = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target, "--configfile", "long.yaml"], cwd=uninterrupted,
-                                 stdout=local_log, stderr=subprocess.STDOUT, env=local_env(),
+                                 stdout=local_log, stderr=subprocess.STDOUT,
                                  preexec_fn=lambda: os.sched_setaffinity(0, last_core))
         try:
             done = subprocess.run([*SNAKEMAKE, target, *SLURM, "--configfile", "long.yaml"], cwd=folder,

@@ -42,15 +42,10 @@ def _no_scontrol() -> str:
     return str(folder)
 
 
-def local_env() -> dict[str, str]:
-    """The environment for a Snakemake run on local cores (``_no_scontrol`` first on the PATH)."""
-    return {**os.environ, "PATH": _no_scontrol() + os.pathsep + os.environ.get("PATH", "")}
-
-
 def snakemake(folder: Path, *args: str, cores: bool = True, timeout: float | None = None
               ) -> subprocess.CompletedProcess:
     """Run Snakemake in ``folder`` (on 2 local cores unless ``cores`` is False, e.g. under a cluster profile)."""
     command = [*SNAKEMAKE, *(["--cores", "2"] if cores else []), *args, *_sandbox_opt_in(args)]
-    slurm = "profiles/slurm" in args
-    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout,
-                          env=None if slurm else local_env())
+    path = _no_scontrol() + os.pathsep + os.environ["PATH"]
+    env = None if "profiles/slurm" in args else {**os.environ, "PATH": path}
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env)
