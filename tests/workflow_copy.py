@@ -46,6 +46,7 @@ def snakemake(folder: Path, *args: str, cores: bool = True, timeout: float | Non
               ) -> subprocess.CompletedProcess:
     """Run Snakemake in ``folder`` (on 2 local cores unless ``cores`` is False, e.g. under a cluster profile)."""
     command = [*SNAKEMAKE, *(["--cores", "2"] if cores else []), *args, *_sandbox_opt_in(args)]
-    path = _no_scontrol() + os.pathsep + os.environ["PATH"]
-    env = None if "profiles/slurm" in args else {**os.environ, "PATH": path}
+    env = None  # under the SLURM profile the real scontrol; locally one that fails at once
+    if "profiles/slurm" not in args:
+        env = {**os.environ, "PATH": _no_scontrol() + os.pathsep + os.environ["PATH"]}
     return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout, env=env)
