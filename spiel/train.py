@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import data
+from . import data, finished
 from .adapters import load_base
 from .identity import base_identity, differences, run_fingerprint, save_base_identity
 from .methods import Trainable, check_hyperparameters, method, trainable_parameters, wrap
@@ -175,21 +175,27 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     """Train one cell; writes ``out/`` (adapter or model, ``metrics.jsonl``, ``train_summary.json``).
 
     ``work`` (default ``out``) holds ``checkpoint.pt`` and the running metrics, and a run resumes from it; a
-    workflow keeps it outside ``out`` so that clearing an unfinished output does not lose the checkpoint.
+    workflow keeps it outside ``out`` so that clearing an unfinished output does not lose the checkpoint, and there a
+    finished run leaves its output's record (``spiel.finished``), restored by a rerun of the same run.
     ``stop_after`` ends early after that many steps (tests of resume)."""
     work = work or out
     run = prepare(model_dir, method_name, train_file, config)
     trainable, tokenizer, examples, total = run.trainable, run.tokenizer, run.examples, run.total
     spec = method(method_name)
     scheduler = lr_scheduler(run)
+    # what this run computes (the data file hashed once per training, not per memory probe); a checkpoint resumes
+    # only its own run, a kept finished output is restored only to its own run at the same code commit
+    fingerprint = run_fingerprint(method_name, asdict(run.config), train_file, run.base)
+    key = {"fingerprint": fingerprint, "commit": git_commit()}
+    if work != out and finished.restore(work, out, key):
+        print(f"{method_name}: restored the finished run kept in {work / finished.FOLDER} (the same fingerprint "
+              f"and commit), not trained again; delete {work} to train again", file=sys.stderr)
+        return json.loads((out / "train_summary.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / "checkpoint.pt"
     for stale in work.glob(".checkpoint.pt.*.tmp"):  # a write cut short by SIGKILL
         stale.unlink()
     step = 0
-    # what this run computes (the data file hashed once per training, not per memory probe); a checkpoint resumes
-    # only its own run
-    fingerprint = run_fingerprint(method_name, asdict(run.config), train_file, run.base)
     if checkpoint.exists():  # each load_state_dict copies onto the model's devices
         state = _load_checkpoint(checkpoint, fingerprint)
         trainable.load_state_dict(state["trainable"])
@@ -241,7 +247,8 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
                "model": str(model_dir), "data": str(train_file), "finished": True, "device": device(),
                "versions": package_versions(), "git_commit": git_commit()}
     write_json_atomic(summary, out / "train_summary.json")
-    checkpoint.unlink(missing_ok=True)
-    if work != out:
-        shutil.rmtree(work)
+    if work != out:  # a retry of a job reported failed after this point restores the output (spiel.finished)
+        finished.keep(out, work, key)
+    else:
+        checkpoint.unlink(missing_ok=True)
     return summary

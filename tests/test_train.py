@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,9 +147,49 @@ def test_a_killed_training_job_resumes_to_the_same_adapter(setup, tmp_path, stop
     a = load_file(next((tmp_path / "whole").glob("*.safetensors")))
     b = load_file(next((tmp_path / "cut").glob("*.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp_path / "cut.w").exists()  # the work folder is removed once the adapter is written
+    # once the adapter is written the work folder holds only its record: links to the output's files
+    kept = sorted(p.relative_to(tmp_path / "cut.w") for p in (tmp_path / "cut.w").rglob("*") if p.is_file())
+    assert [str(p) for p in kept if not p.is_relative_to("finished/output")] == ["finished/run.json"]
+    outputs = sorted(p.relative_to(tmp_path / "cut") for p in (tmp_path / "cut").rglob("*") if p.is_file())
+    assert [p.relative_to("finished/output") for p in kept if p.is_relative_to("finished/output")] == outputs
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 97))
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_whose_output_was_deleted_is_restored_not_trained_again(setup, tmp_path, monkeypatch):
+    """SLURM reports a job that ends just after its time limit as TIMEOUT, and Snakemake deletes its outputs and
+    retries it: the retry restores the output that the finished run kept in its work folder (hard links), without a
+    training step; another fingerprint or code commit discards that record and trains."""
+    import spiel.train
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    config = _config("lora")
+    train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
+    written = _files(out)
+    assert all((work / "finished/output" / name).stat().st_ino == (out / name).stat().st_ino for name in written)
+    shutil.rmtree(out)  # as Snakemake removes the outputs of a job it counts as failed
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spiel.train, "optimizer_step", no_training)
+        summary = train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
+        assert summary["finished"] and _files(out) == written
+        with pytest.raises(AssertionError, match="trained again"):  # another run's record is not restored
+            train(setup / "model", "lora", setup / "train.jsonl", out, _config("lora", lr=2e-2), work=work)
+        assert not (work / "finished").exists()
+    train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)  # the same run, trained again
+    assert _files(out).keys() == written.keys()
+    with monkeypatch.context() as patch:
+        patch.setattr(spiel.train, "optimizer_step", no_training)
+        patch.setattr(spiel.train, "git_commit", lambda: "another commit")
+        with pytest.raises(AssertionError, match="trained again"):
+            train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
 
 
 def _weight_change(run, steps: int, optimizer=None) -> tuple[float, float]:
