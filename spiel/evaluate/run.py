@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -118,9 +119,15 @@ def _sample_log(raw: dict, proto: Protocol) -> dict[str, Any]:
     return record
 
 
+def _no_environment_report(results: dict) -> None:
+    """Stands in for lm-eval's ``add_env_info``, which runs torch's environment report (``pip list``, ``nvidia-smi``
+    and more: ~1 s a benchmark here) for result fields this project does not keep (``package_versions`` records
+    what it reports)."""
+
+
 def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_truncate) -> dict[str, Any]:
     """Evaluate ``lm`` on one benchmark; returns the result record (metric, standard error, per-sample log)."""
-    from lm_eval import simple_evaluate
+    from lm_eval import evaluator, simple_evaluate
     from lm_eval.tasks import TaskManager
 
     sandbox = None
@@ -130,10 +137,11 @@ def run(lm, data_file: Path, proto: Protocol, truncate: Truncate = whitespace_tr
     start = time.perf_counter()
     task = make_task(data_file, proto, truncate)
     # our task objects are built directly; an empty manager skips indexing lm-eval's ~14k task YAMLs (~10 s)
-    output = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_defaults=False),
-                             log_samples=True, bootstrap_iters=0, random_seed=proto.seed,
-                             numpy_random_seed=proto.seed, torch_random_seed=proto.seed,
-                             fewshot_random_seed=proto.seed, verbosity="WARNING")
+    with mock.patch.object(evaluator, "add_env_info", _no_environment_report):
+        output = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_defaults=False),
+                                 log_samples=True, bootstrap_iters=0, random_seed=proto.seed,
+                                 numpy_random_seed=proto.seed, torch_random_seed=proto.seed,
+                                 fewshot_random_seed=proto.seed, verbosity="WARNING")
     samples = [_sample_log(raw, proto) for raw in output["samples"][task.task_name]]
     seconds = time.perf_counter() - start
     record = {"benchmark": proto.benchmark, "metric": METRIC[proto.benchmark], **aggregate(proto.benchmark, samples),
