@@ -20,6 +20,7 @@ from unittest import mock
 import yaml
 
 from ..provenance import package_versions
+from ..report.stats import standard_error
 from . import stops
 from .prompts import Truncate, build_docs, score
 from .protocol import Protocol
@@ -79,10 +80,7 @@ def make_task(data_file: Path, proto: Protocol, truncate: Truncate):
 
 def mean_stderr(scores: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single score)."""
-    n = len(scores)
-    mean = sum(scores) / n
-    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
+    return sum(scores) / len(scores), standard_error(scores) or 0.0
 
 
 def aggregate(benchmark: str, samples: list[dict]) -> dict[str, Any]:

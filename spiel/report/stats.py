@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,11 @@ class Estimate:
         if published is None or self.se == 0 or published == margin or self.test == BRACKET:
             return None
         return math.ceil(self.n * (self.detectable / abs(published - margin)) ** 2)
+
+
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean (sample standard deviation / √n); None for fewer than two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
 
 
 def estimate(strata: list[Stratum], margin: float = 0.0, draws: int = 2000, seed: int = 0) -> Estimate:

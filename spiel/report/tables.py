@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..methods import method
 from .cells import BENCHMARK_LABELS, DATASET_LABELS, cells, column_name, table_columns
+from .stats import standard_error
 
 
 def size_dataset(key: str, sizes: Collection[str], option: str) -> tuple[str, str]:
@@ -220,11 +221,6 @@ def markdown_table4(frame: pd.DataFrame) -> str:
     lines += ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
               for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def standard_error(values: list[float]) -> float | None:
-    """Standard error of the mean (sample standard deviation / √n); None for fewer than two values."""
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
 
 
 def memory_bracket(record: dict) -> tuple[float, float] | None:
