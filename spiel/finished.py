@@ -3,9 +3,10 @@
 SLURM enforces time limits on a ~30 s timer: a job that ends in that window after its limit (exit 0) is still
 reported ``TIMEOUT``, and Snakemake then deletes the outputs of the "failed" job and submits it again. Without a
 record the retry would find neither checkpoint nor output and train from step 0. On finishing, training links every
-output file into ``WORK/finished/output/`` (hard links: no extra space while the outputs exist) beside ``run.json``,
-the run's fingerprint and code commit; a later run of the same fingerprint and commit links them back to its
-output instead of training. Delete ``WORK`` to train again.
+output file into ``WORK/finished/output/`` (hard links: no extra space while the outputs exist; a copy where the
+file system refuses links) beside ``run.json``, the run's fingerprint, code digest and package versions; a later
+run with the same record links them back to its output instead of training — also a forced rerun. Delete
+``WORK/finished`` to train again.
 """
 
 from __future__ import annotations
@@ -31,27 +32,37 @@ def _link_tree(source: Path, target: Path) -> None:
                 shutil.copy2(path, destination)
 
 
-def keep(out: Path, work: Path, key: dict[str, Any]) -> None:
+def keep(out: Path, work: Path, key: dict[str, Any]) -> bool:
     """Record the finished output ``out`` of the run ``key`` in ``work`` (made whole, then renamed into place) and
-    remove everything else there (the checkpoint, the running metrics)."""
+    remove everything else there (the checkpoint, the running metrics). Best effort: where the record cannot be
+    written (a full disk), False, and ``work`` as it was."""
     staging = work / f"{FOLDER}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    _link_tree(out, staging / OUTPUT)
-    (staging / RECORD).write_text(json.dumps(key, sort_keys=True))
+    try:
+        _link_tree(out, staging / OUTPUT)
+        (staging / RECORD).write_text(json.dumps(key, sort_keys=True))
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
     shutil.rmtree(work / FOLDER, ignore_errors=True)
     staging.rename(work / FOLDER)
     for path in work.iterdir():
         if path.name != FOLDER:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return True
 
 
 def restore(work: Path, out: Path, key: dict[str, Any]) -> bool:
     """Link the kept output of the run ``key`` back to ``out`` (replacing what is there); False, and the record
     discarded, where ``work`` holds none or another run's."""
     record = work / FOLDER / RECORD
-    if not record.exists():
+    if not (work / FOLDER).exists():
         return False
-    if json.loads(record.read_text()) != json.loads(json.dumps(key, sort_keys=True)):
+    try:
+        same = json.loads(record.read_text()) == json.loads(json.dumps(key, sort_keys=True))
+    except (OSError, ValueError):  # missing, or cut short by a crash
+        same = False
+    if not same:
         shutil.rmtree(work / FOLDER)
         return False
     staging = out.with_name(f"{out.name}.restoring")

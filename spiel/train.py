@@ -22,7 +22,7 @@ from . import data, finished
 from .adapters import load_base
 from .identity import base_identity, differences, run_fingerprint, save_base_identity
 from .methods import Trainable, check_hyperparameters, method, trainable_parameters, wrap
-from .provenance import atomic_open, device, git_commit, package_versions, write_json_atomic
+from .provenance import atomic_open, code_digest, device, git_commit, package_versions, write_json_atomic
 from .settings import TrainConfig
 from .signals import Stopped, stop_on_signals
 
@@ -180,16 +180,16 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     ``stop_after`` ends early after that many steps (tests of resume)."""
     work = work or out
     run = prepare(model_dir, method_name, train_file, config)
-    trainable, tokenizer, examples, total = run.trainable, run.tokenizer, run.examples, run.total
-    spec = method(method_name)
+    trainable, total = run.trainable, run.total
     scheduler = lr_scheduler(run)
     # what this run computes (the data file hashed once per training, not per memory probe); a checkpoint resumes
-    # only its own run, a kept finished output is restored only to its own run at the same code commit
+    # only its own run, a kept finished output is restored only to its own run by the same code and packages
     fingerprint = run_fingerprint(method_name, asdict(run.config), train_file, run.base)
-    key = {"fingerprint": fingerprint, "commit": git_commit()}
-    if work != out and finished.restore(work, out, key):
-        print(f"{method_name}: restored the finished run kept in {work / finished.FOLDER} (the same fingerprint "
-              f"and commit), not trained again; delete {work} to train again", file=sys.stderr)
+    separate = work.resolve() != out.resolve()
+    key = {"fingerprint": fingerprint, "code": code_digest(), "versions": package_versions()}
+    if separate and finished.restore(work, out, key):
+        print(f"{method_name}: restored the finished run kept in {work / finished.FOLDER} (the same fingerprint, "
+              f"code and packages), not trained again; delete that folder to train again", file=sys.stderr)
         return json.loads((out / "train_summary.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / "checkpoint.pt"
@@ -234,21 +234,31 @@ def train(model_dir: Path, method_name: str, train_file: Path, out: Path, config
     if step < total:
         _save_checkpoint(checkpoint, run, fingerprint, step, scheduler, rng_state())
         return {"step": step, "total": total, "finished": False}
+    with stop_on_signals():  # a stop now (SLURM's time limit) waits for the output and its record: the job succeeds
+        return _finish(run, method_name, model_dir, train_file, out, work if separate else None, key)
+
+
+def _finish(run: Run, method_name: str, model_dir: Path, train_file: Path, out: Path, work: Path | None,
+            key: dict[str, Any]) -> dict[str, Any]:
+    """Write a finished run's output to ``out``; with a separate ``work`` folder, its record (``spiel.finished``)
+    replaces the checkpoint there, else the checkpoint in ``out`` is removed."""
+    spec = method(method_name)
     out.mkdir(parents=True, exist_ok=True)
-    trainable.model.save_pretrained(out)
+    run.trainable.model.save_pretrained(out)
     if spec.kind != "full":
         save_base_identity(run.base, out)
-    if work != out:
+    if work is not None:
         shutil.copyfile(work / "metrics.jsonl", out / "metrics.jsonl")
     if spec.kind == "full":
-        tokenizer.save_pretrained(out)
-    summary = {"method": method_name, "steps": total, "examples": len(examples), "config": asdict(run.config),
-               "trainable_parameters": trainable_parameters(trainable.model),
+        run.tokenizer.save_pretrained(out)
+    summary = {"method": method_name, "steps": run.total, "examples": len(run.examples), "config": asdict(run.config),
+               "trainable_parameters": trainable_parameters(run.trainable.model),
                "model": str(model_dir), "data": str(train_file), "finished": True, "device": device(),
                "versions": package_versions(), "git_commit": git_commit()}
     write_json_atomic(summary, out / "train_summary.json")
-    if work != out:  # a retry of a job reported failed after this point restores the output (spiel.finished)
-        finished.keep(out, work, key)
-    else:
-        checkpoint.unlink(missing_ok=True)
+    if work is None:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    elif not finished.keep(out, work, key):  # a retry of a job reported failed after this restores the output
+        print(f"{method_name}: could not keep a record of the finished run in {work} (its checkpoint stays)",
+              file=sys.stderr)
     return summary

@@ -72,8 +72,8 @@ def test_micro_table1_through_sbatch_equals_the_local_run(cluster, micro, tmp_pa
     pd.testing.assert_frame_equal(ours, local)
     # the micro model's scores are mostly 0, so compare what training produced: every rebuilt adapter or model,
     # tensor by tensor, and every rebuilt evaluation's per-item outputs
-    adapters = sorted(p.relative_to(folder) for m in REBUILT
-                      for p in (folder / "results").rglob(f"{m}/**/*.safetensors"))
+    adapters = sorted(p.relative_to(folder) for m in REBUILT for kind in ("adapters", "search")
+                      for p in (folder / "results" / kind).rglob(f"{m}/**/*.safetensors"))
     assert len(adapters) >= 12
     for path in adapters:
         a, b = load_file(folder / path), load_file(micro / path)
@@ -162,7 +162,10 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     progress = (folder / "logs/train/tiny/flan/spiel-ag/seed-7.log").read_text()  # the last attempt's log
     # an attempt that finishes in the ~30 s after its limit, before SLURM's timer stops it, is still reported TIMEOUT
     # and its outputs deleted: the retry restores what it kept (spiel.finished) instead of training
-    if "restored the finished run" not in progress:
+    assert steps[-1] == json.loads((folder / target / "train_summary.json").read_text())["steps"]
+    if "restored the finished run" in progress:  # the one before it finished, after it had resumed
+        assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 3
+    else:
         resumed_at, total = map(int, re.search(r"train spiel-ag: .*?\| *(\d+)/(\d+) \[", progress).groups())
         assert 1 <= resumed_at < total == steps[-1]
     a, b = (load_file(f / target / "adapter_model.safetensors") for f in (folder, uninterrupted))

@@ -163,12 +163,25 @@ def _files(folder) -> dict[str, bytes]:
 def test_a_finished_run_whose_output_was_deleted_is_restored_not_trained_again(setup, tmp_path, monkeypatch):
     """SLURM reports a job that ends just after its time limit as TIMEOUT, and Snakemake deletes its outputs and
     retries it: the retry restores the output that the finished run kept in its work folder (hard links), without a
-    training step; another fingerprint or code commit discards that record and trains."""
+    training step, also where a stop signal came while it was being written; another fingerprint or code, or a
+    damaged record, is discarded and the run trains."""
+    import os
+    import signal
+
+    import spiel.finished
     import spiel.train
 
     out, work = tmp_path / "out", tmp_path / "work"
     config = _config("lora")
-    train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
+    keep = spiel.finished.keep
+
+    def stopped_while_finishing(*args):  # SLURM's time limit after the last step: the output and record still land
+        os.kill(os.getpid(), signal.SIGTERM)
+        return keep(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spiel.finished, "keep", stopped_while_finishing)
+        train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
     written = _files(out)
     assert all((work / "finished/output" / name).stat().st_ino == (out / name).stat().st_ino for name in written)
     shutil.rmtree(out)  # as Snakemake removes the outputs of a job it counts as failed
@@ -185,9 +198,15 @@ def test_a_finished_run_whose_output_was_deleted_is_restored_not_trained_again(s
         assert not (work / "finished").exists()
     train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)  # the same run, trained again
     assert _files(out).keys() == written.keys()
+    (work / "finished/run.json").write_text("")  # cut short by a crash: not restored, and no crash
     with monkeypatch.context() as patch:
         patch.setattr(spiel.train, "optimizer_step", no_training)
-        patch.setattr(spiel.train, "git_commit", lambda: "another commit")
+        with pytest.raises(AssertionError, match="trained again"):
+            train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
+    train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
+    with monkeypatch.context() as patch:  # other code: trained again
+        patch.setattr(spiel.train, "optimizer_step", no_training)
+        patch.setattr(spiel.train, "code_digest", lambda: "another version of the code")
         with pytest.raises(AssertionError, match="trained again"):
             train(setup / "model", "lora", setup / "train.jsonl", out, config, work=work)
 
