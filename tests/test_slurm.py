@@ -156,7 +156,8 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert local.returncode == 0, (tmp_path / "local.log").read_text()[-3000:]
-    assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 2  # stopped attempts and the last one
+    attempts = len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log))
+    assert attempts >= 2  # stopped attempts and the last one
     steps = [json.loads(line)["step"] for line in (folder / target / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # every step once, none lost or repeated
     progress = (folder / "logs/train/tiny/flan/spiel-ag/seed-7.log").read_text()  # the last attempt's log
@@ -164,7 +165,7 @@ def test_a_training_job_at_its_time_limit_checkpoints_and_its_retry_finishes_the
     # and its outputs deleted: the retry restores what it kept (spiel.finished) instead of training
     assert steps[-1] == json.loads((folder / target / "train_summary.json").read_text())["steps"]
     if "restored the finished run" in progress:  # the one before it finished, after it had resumed
-        assert len(re.findall(r"jobid (\d+) \(log: [^)]*rule_train", log)) >= 3
+        assert attempts >= 3
     else:
         resumed_at, total = map(int, re.search(r"train spiel-ag: .*?\| *(\d+)/(\d+) \[", progress).groups())
         assert 1 <= resumed_at < total == steps[-1]
