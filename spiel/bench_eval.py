@@ -7,15 +7,63 @@ median items/s of each, their ratio, and whether the two scored every item alike
 (MMLU) reuse each subject's exemplars and each question's context; generation benchmarks (GSM, BBH, TyDiQA) run one
 group at a time, each batch from its prompts' cached common prefix, a row leaving the batch when it stops, and with
 ``--set draft_tokens=K`` each step checking up to K prompt-lookup draft tokens shared by the running rows.
+
+``--profile`` adds one more run each way under cProfile and prints where its time went: the model's forwards and
+the token positions they ran, the seconds in linear layers (the vocabulary projection among them) and in attention,
+and the ratio that would remain if everything in the cached run but its linear layers took no time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import math
+import pstats
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def _builtin_seconds(profiler: cProfile.Profile, suffix: str) -> float:
+    """Seconds inside the profiled C function whose name ends with ``suffix`` (NaN where none ran)."""
+    times = [stats[2] for (_, _, name), stats in pstats.Stats(profiler).stats.items()
+             if name.startswith("<built-in method") and name.endswith(suffix + ">")]
+    return sum(times) if times else math.nan
+
+
+def profile(model: torch.nn.Module, evaluate: Callable[[], object]) -> dict[str, float]:
+    """One ``evaluate()`` under cProfile: its seconds, the model's forwards and the token positions they ran, the
+    seconds in linear layers (``linear``; ``vocabulary``: the output projection, part of it) and in attention."""
+    counts = {"forwards": 0, "positions": 0}
+    spent = {"vocabulary": 0.0}
+    started: list[float] = []
+
+    def count(module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        counts["forwards"] += 1
+        counts["positions"] += ids.numel()
+
+    def head_starts(module, args) -> None:
+        started.append(time.perf_counter())
+
+    def head_ends(module, args, output) -> None:
+        spent["vocabulary"] += time.perf_counter() - started.pop()
+
+    head = model.get_output_embeddings()
+    hooks = [model.register_forward_pre_hook(count, with_kwargs=True), head.register_forward_pre_hook(head_starts),
+             head.register_forward_hook(head_ends)]
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    try:
+        profiler.runcall(evaluate)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {"seconds": time.perf_counter() - start, **counts, "linear": _builtin_seconds(profiler, "_nn.linear"),
+            **spent, "attention": _builtin_seconds(profiler, "scaled_dot_product_attention")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="protocol overrides (e.g. shots=2)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--profile", action="store_true", help="one more run each way under cProfile: where the time went")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     proto = protocol(args.benchmark, _key_values(args.set), "--set")
@@ -59,6 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     ratio = statistics.median(speed[True]) / statistics.median(speed[False])
     print(f"ratio cached/uncached items_per_second={ratio:.2f}")
     print(f"same scores on every item: {scores[True] == scores[False]}")
+    if args.profile:
+        split = {}
+        for cached in (False, True):
+            lm.prefix_cache = cached
+            split[cached] = profile(model, lambda: run(lm, Path(args.data), proto, truncate))
+            s = split[cached]
+            print(f"prefix_cache={str(cached).lower():5s} profiled {s['seconds']:.1f} s: {s['forwards']} forwards, "
+                  f"{s['positions']} token positions; linear layers {s['linear']:.1f} s (vocabulary projection "
+                  f"{s['vocabulary']:.1f} s), attention {s['attention']:.1f} s")
+        print(f"ratio if the cached run took no time outside its linear layers: "
+              f"{split[False]['seconds'] / split[True]['linear']:.2f}")
 
 
 if __name__ == "__main__":
