@@ -12,7 +12,7 @@ import torch
 import transformers.integrations.sdpa_attention as sdpa
 
 import spiel.evaluate.lm as lm_module
-from spiel.evaluate.lm import ProtocolLM, common_prefix, lookup_draft
+from spiel.evaluate.lm import ProtocolLM, common_prefix, lookup_draft, row_drafts
 from spiel.evaluate.stops import NoEndBeforeText
 
 
@@ -28,6 +28,14 @@ def test_lookup_draft_is_what_followed_the_latest_earlier_occurrence_of_the_tail
     assert lookup_draft([1, 2, 3, 9, 3], 4) == [9, 3]  # no earlier 3 9 3 nor 9 3: the tail 3, at index 2
     assert lookup_draft([1, 2, 3, 4, 9, 3, 5, 2, 3], 2) == [4, 9]  # the 2-gram 2 3 before the later 1-gram 3
     assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 2) == []
+
+
+def test_row_drafts_are_padded_to_the_longest_found_and_absent_where_none_is():
+    rows = [[5, 6, 7, 5, 6], [1, 2, 3], [9, 8, 9]]  # drafts 7 5 6; none; 8 9
+    assert row_drafts(rows, 0, 3) == [[7, 5, 6], [0, 0, 0], [8, 9, 0]]
+    assert row_drafts(rows, 0, 2) == [[7, 5], [0, 0], [8, 9]]
+    assert row_drafts([[1, 2, 3], [4, 5]], 0, 24) == [[], []]  # no row has one: the step scores one position
+    assert row_drafts(rows, 0, 0) == [[], [], []]
 
 
 def test_cached_log_likelihoods_equal_the_uncached_ones(training_setup):

@@ -64,6 +64,14 @@ def lookup_draft(tokens: list[int], count: int, longest: int = 3) -> list[int]:
     return []
 
 
+def row_drafts(sequences: list[list[int]], pad: int, count: int) -> list[list[int]]:
+    """Each row's ``lookup_draft`` of at most ``count`` tokens, padded with ``pad`` to the longest row's (a decoding
+    step scores every row at as many positions; where no row has a draft, none)."""
+    found = [lookup_draft(tokens, count) if count > 0 else [] for tokens in sequences]
+    width = max(map(len, found), default=0)
+    return [draft + [pad] * (width - len(draft)) for draft in found]
+
+
 FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
@@ -228,10 +236,11 @@ class ProtocolLM(HFLM):
         lengths instead of its size × its longest row's; ``generate``'s tokens (tested), padded after the stop.
         ``ids`` and ``mask`` are the whole prompts, ``cache`` holds the keys and values of their first tokens.
 
-        With ``draft_tokens`` a step also runs each row's prompt-lookup draft (``lookup_draft``, ⌊draft_tokens /
-        rows⌋ tokens) after its last token and keeps the drafted tokens up to the first that greedy decoding would
-        not have chosen, plus the choice there: the same tokens for fewer steps. The rejected drafts' keys and
-        values stay in the cache, masked, as padding does (positions run over the kept tokens)."""
+        With ``draft_tokens`` a step also runs each row's prompt-lookup draft (``row_drafts``: up to ⌊draft_tokens
+        / rows⌋ tokens, padded to the longest row's) after its last token and keeps the drafted tokens up to the
+        first that greedy decoding would not have chosen, plus the choice there: the same tokens for fewer steps.
+        The rejected drafts' keys and values stay in the cache, masked, as padding does (positions run over the
+        kept tokens)."""
         pad = self.tokenizer.pad_token_id
         out = torch.full((ids.shape[0], max(new_tokens, 0)), pad, dtype=ids.dtype, device=ids.device)
         criterion = StopAfterText(self.tokenizer, stops, ids.shape[1])
@@ -277,8 +286,7 @@ class ProtocolLM(HFLM):
                 mask = mask[:, :mask.shape[1] - width + most]
             last = last + torch.tensor([counts[i] for i in kept], device=last.device)
             count = min(self._draft_budget() // len(rows), max(new_tokens - len(c) for c in completions) - 1)
-            drafts = [(lookup_draft(p + c, count) + [pad] * count)[:count] if count else []
-                      for p, c in zip(prompts, completions, strict=True)]
+            drafts = row_drafts([p + c for p, c in zip(prompts, completions, strict=True)], pad, count)
             step = torch.tensor([[c[-1], *d] for c, d in zip(completions, drafts, strict=True)],
                                 dtype=ids.dtype, device=ids.device)
             step_positions = last[:, None] + torch.arange(step.shape[1], device=last.device)
