@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{s['positions']} token positions; linear layers {s['linear']:.1f} s (vocabulary projection "
                   f"{s['vocabulary']:.1f} s), attention {s['attention']:.1f} s")
         uncached_seconds = n / statistics.median(speed[False])  # unprofiled: cProfile slows Python-heavy runs
-        print(f"ratio if the cached run took no time outside its linear layers: {uncached_seconds:.1f} s "
-              f"(uncached, median) / {split[True]['linear']:.1f} s = {uncached_seconds / split[True]['linear']:.2f}")
+        print(f"ratio if the cached run took no time outside its linear layers: {uncached_seconds:.4g} s "
+              f"(uncached, median) / {split[True]['linear']:.4g} s = {uncached_seconds / split[True]['linear']:.2f}")
 
 
 if __name__ == "__main__":
